@@ -1,0 +1,113 @@
+"""Atomic file writing: write to a temporary file beside the target, then rename, so nothing is half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_path", "atomic_open", "write_csv", "write_json", "append_jsonl", "read_jsonl"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it is renamed onto ``path``.
+
+    The temporary name keeps the target's suffix (``suffix`` overrides it) so writers that pick a format
+    from the extension (SimpleITK, nibabel) still work. On error the temporary file is removed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sfx = suffix if suffix is not None else "".join(target.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{sfx}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file for writing that replaces ``path`` atomically when the block ends without error."""
+    if not any(m in mode for m in "wx"):
+        raise ValueError(f"atomic_open writes only, got mode {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode.replace("x", "w"), **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    """Write dict rows to a CSV file atomically; returns the path."""
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically; returns the path."""
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=indent, sort_keys=False, default=str)
+        handle.write("\n")
+    return Path(path)
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one JSON record as a single line, flushed and fsynced.
+
+    A line is written with one ``write`` call of a complete line, so a crash leaves at most a torn last
+    line, which :func:`read_jsonl` drops.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(dict(record), default=str, sort_keys=False) + "\n"
+    _drop_torn_tail(target)
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Truncate a JSON-lines file after its last newline, removing a line torn by a crash mid-write."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file written by :func:`append_jsonl`, dropping a torn (unterminated) last line."""
+    target = Path(path)
+    if not target.exists():
+        return []
+    records: list[dict[str, Any]] = []
+    text = target.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is either empty or a torn write
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            from naslung.pipeline.errors import DataError
+
+            raise DataError(f"line {number} is not valid JSON ({err}); remove or repair that line", path=str(target))
+    return records

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``naslung`` command line, one module each."""
