@@ -11,7 +11,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from naslung.pipeline.errors import DataError
+
 __all__ = ["atomic_path", "atomic_open", "write_csv", "write_json", "append_jsonl", "read_jsonl"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -29,6 +37,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # mkstemp makes 0600 files: give the result the usual umask-derived mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -107,7 +117,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            from naslung.pipeline.errors import DataError
-
-            raise DataError(f"line {number} is not valid JSON ({err}); remove or repair that line", path=str(target))
+            raise DataError(
+                f"line {number} is not valid JSON ({err}); remove or repair that line", path=str(target)
+            ) from err
     return records

@@ -13,7 +13,10 @@ from naslung.pipeline.errors import NaslungError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: Each module holds one sub-command: ``add_parser(subparsers)`` registers it and sets ``func`` on its parser.
-COMMAND_MODULES: tuple[str, ...] = ("naslung.pipeline.commands.prepare",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "naslung.pipeline.commands.prepare",
+    "naslung.pipeline.commands.train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

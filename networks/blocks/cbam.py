@@ -1,0 +1,151 @@
+"""Convolutional Block Attention Module (CBAM): channel attention, spatial attention and their composition."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.utils import get_act_layer
+from monai.utils import look_up_option
+from naslung.pipeline.errors import ConfigError
+
+__all__ = ["CBAM_ORDERS", "ChannelAttention", "SpatialAttention", "CBAMBlock"]
+
+CBAM_ORDERS = ("channel_first", "spatial_first")
+"""Orders of the two attention steps: Woo et al.'s (and the paper's final) channel-first, and Table 3's switch."""
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention map of CBAM (Woo et al. 2018; Jiang et al. 2021, Sec. 3.2, eq. 2).
+
+    ``M_C(F) = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))``, with one MLP (two fully connected layers with a
+    ReLU between them, here 1x1 convolutions so the result keeps the singleton spatial axes) shared by the
+    two global descriptors.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels C of the feature map.
+        reduction: hidden width of the MLP is ``max(1, C // reduction)``. NAS-Lung's networks are narrow
+            (4-128 channels), so the default is 4 (as the authors' code) rather than CBAM's 16.
+        act: activation between the two MLP layers, a name or ``(name, kwargs)``.
+
+    Shapes:
+        input ``x``: (B, C, *spatial); output: the attention weights, (B, C, 1, ..., 1), values in (0, 1).
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, reduction: int = 4, act: str | tuple = ("relu", {"inplace": True})
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or reduction < 1:
+            raise ConfigError(
+                f"ChannelAttention: in_channels and reduction must be positive, got {in_channels} and {reduction}."
+            )
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        hidden = max(1, in_channels // reduction)
+        self.avg_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.max_pool = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)
+        self.mlp = nn.Sequential(
+            conv_type(in_channels, hidden, kernel_size=1), get_act_layer(act), conv_type(hidden, in_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the channel attention weights of ``x`` (B, C, *spatial) as (B, C, 1, ..., 1)."""
+        # One pass of the shared MLP over both descriptors, stacked along the batch axis.
+        descriptors = torch.cat([self.avg_pool(x), self.max_pool(x)], dim=0)
+        from_avg, from_max = self.mlp(descriptors).chunk(2, dim=0)
+        return torch.sigmoid(from_avg + from_max)
+
+
+class SpatialAttention(nn.Module):
+    """Spatial attention map of CBAM (Woo et al. 2018; Jiang et al. 2021, Sec. 3.2, eq. 3).
+
+    ``M_S(F) = sigmoid(Conv([AvgPool_c(F); MaxPool_c(F)]))``, the pooling taken across channels.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        kernel_size: kernel of the convolution. The default 3 follows the authors' 3D code; CBAM's 2D default 7
+            would cost 7^3 * 2 = 686 MACs per voxel, at 32^3 more than all of Table 5's Model-1.
+
+    Shapes:
+        input ``x``: (B, C, *spatial); output: the attention map, (B, 1, *spatial), values in (0, 1).
+    """
+
+    def __init__(self, spatial_dims: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"SpatialAttention: kernel_size must be odd and positive, got {kernel_size}.")
+        self.conv = Conv[Conv.CONV, spatial_dims](2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the spatial attention map of ``x`` (B, C, *spatial) as (B, 1, *spatial)."""
+        pooled = torch.cat([torch.mean(x, dim=1, keepdim=True), torch.amax(x, dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAMBlock(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018), as used in NAS-Lung (Jiang et al. 2021, eq. 1).
+
+    Channel-first (default): ``F' = M_C(F) * F``, ``F'' = M_S(F') * F'``. Spatial-first (Table 3): the two steps
+    swapped. The output has the shape of the input.
+
+    The last spatial attention map is kept in :attr:`spatial_map` (detached, (B, 1, *spatial)) after every forward
+    pass when ``record_spatial_map`` is true, for the attention figures (Fig. 5); it does not change the output
+    and works under TorchScript.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels C of the feature map.
+        reduction: channel-MLP reduction, see :class:`ChannelAttention`.
+        spatial_kernel_size: kernel of the spatial-attention convolution, see :class:`SpatialAttention`.
+        order: ``"channel_first"`` or ``"spatial_first"``.
+        act: activation inside the channel MLP.
+        record_spatial_map: keep the last spatial attention map in :attr:`spatial_map`.
+
+    Raises:
+        ConfigError: for an unknown ``order`` or invalid sizes.
+    """
+
+    spatial_map: Optional[torch.Tensor]  # noqa: UP045
+    # TorchScript types module attributes from evaluated annotations; this module's are postponed (strings).
+    __annotations__["spatial_map"] = Optional[torch.Tensor]  # noqa: UP045
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        reduction: int = 4,
+        spatial_kernel_size: int = 3,
+        order: str = "channel_first",
+        act: str | tuple = ("relu", {"inplace": True}),
+        record_spatial_map: bool = True,
+    ) -> None:
+        super().__init__()
+        try:
+            order = look_up_option(order, CBAM_ORDERS)
+        except ValueError as err:
+            raise ConfigError(
+                f"CBAMBlock order {order!r} is not supported; use one of {CBAM_ORDERS}. ({err})"
+            ) from None
+        self.order = order
+        self.channel_first = order == "channel_first"
+        self.channel_attention = ChannelAttention(spatial_dims, in_channels, reduction=reduction, act=act)
+        self.spatial_attention = SpatialAttention(spatial_dims, kernel_size=spatial_kernel_size)
+        self.record_spatial_map = record_spatial_map
+        self.spatial_map = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Refine ``x`` (B, C, *spatial) by channel and spatial attention; same shape out."""
+        if self.channel_first:
+            x = x * self.channel_attention(x)
+            spatial_map = self.spatial_attention(x)
+            x = x * spatial_map
+        else:
+            spatial_map = self.spatial_attention(x)
+            x = x * spatial_map
+            x = x * self.channel_attention(x)
+        if self.record_spatial_map:
+            self.spatial_map = spatial_map.detach()
+        return x

@@ -1,0 +1,279 @@
+"""A-Softmax (SphereFace) head and loss with its lambda annealing, and the plain softmax cross-entropy option."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.utils import look_up_option
+from naslung.pipeline.errors import ConfigError
+
+__all__ = [
+    "MARGINS",
+    "LOSSES",
+    "angular_margin_psi",
+    "logits_from_output",
+    "AngularLinear",
+    "LambdaSchedule",
+    "AngularSoftmaxLoss",
+    "SoftmaxCrossEntropyLoss",
+    "build_loss",
+]
+
+MARGINS = (1, 2, 3, 4)
+"""Angular margins m supported by :class:`AngularLinear` (SphereFace's integer margins)."""
+
+
+def angular_margin_psi(cos_theta: torch.Tensor, margin: int) -> torch.Tensor:
+    """SphereFace's monotonic margin function ``psi(theta) = (-1)^k cos(m theta) - 2k`` (Liu et al. 2017, eq. 7).
+
+    ``k = floor(m theta / pi)`` in ``{0, ..., m-1}`` makes ``psi`` decrease monotonically on ``[0, pi]`` (from 1 to
+    ``1 - 2m``); ``cos(m theta)`` is evaluated as the Chebyshev polynomial ``T_m(cos theta)`` so the gradient never
+    passes through ``acos``. ``k`` is piecewise constant and carries no gradient.
+
+    Args:
+        cos_theta: cosines of the angles, any shape, values in [-1, 1].
+        margin: m, one of 1, 2, 3, 4.
+
+    Returns:
+        ``psi(theta)``, same shape as ``cos_theta``.
+    """
+    c = cos_theta
+    if margin == 1:
+        cos_m_theta = c
+    elif margin == 2:
+        cos_m_theta = 2 * c**2 - 1
+    elif margin == 3:
+        cos_m_theta = (4 * c**2 - 3) * c
+    elif margin == 4:
+        c2 = c**2
+        cos_m_theta = 8 * c2 * c2 - 8 * c2 + 1
+    else:
+        raise ValueError("angular margin m must be one of 1, 2, 3, 4")
+    theta = torch.acos(c.detach().clamp(-1.0, 1.0))
+    k = torch.floor(margin * theta / math.pi).clamp(max=margin - 1)
+    sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+    return sign * cos_m_theta - 2.0 * k
+
+
+def logits_from_output(y_pred: torch.Tensor) -> torch.Tensor:
+    """Ordinary (B, K) logits from a network output, whichever head and mode produced it.
+
+    Args:
+        y_pred: (B, K) logits, or the (B, 2, K) training-mode output of :class:`AngularLinear`, of which
+            ``y_pred[:, 0]`` are the logits ``||x|| cos(theta_j)``.
+    """
+    return y_pred[:, 0] if y_pred.ndim == 3 else y_pred
+
+
+class AngularLinear(nn.Module):
+    """The final angular layer of A-Softmax (SphereFace, Liu et al. 2017; Jiang et al. 2021, Sec. 3.3, eq. 4).
+
+    Class weights ``W_j`` are normalised to unit length and there is no bias, so ``W_j . x = ||x|| cos(theta_j)``.
+
+    * eval mode: returns the logits ``||x|| cos(theta_j)``, shape (B, K). Softmax/argmax apply as usual, and this
+      is the only path TorchScript freezing and ONNX export see.
+    * training mode: returns (B, 2, K) stacking ``||x|| cos(theta_j)`` (index 0) and ``||x|| psi(theta_j)``
+      (index 1), which :class:`AngularSoftmaxLoss` combines with the label. The margin lives in this layer so the
+      loss stays an ordinary ``loss(y_pred, y)`` for MONAI's ``SupervisedTrainer``; metrics computed on training
+      outputs should go through :func:`logits_from_output`.
+
+    Args:
+        in_features: length F of the feature vector x.
+        out_features: number of classes K.
+        margin: angular margin m in {1, 2, 3, 4}; the paper uses 4.
+
+    Shapes:
+        input ``x``: (B, F); output: (B, K) in eval mode, (B, 2, K) in training mode.
+
+    Raises:
+        ConfigError: for an unsupported margin or non-positive sizes.
+    """
+
+    def __init__(self, in_features: int, out_features: int, margin: int = 4) -> None:
+        super().__init__()
+        if margin not in MARGINS:
+            raise ConfigError(f"AngularLinear: margin m must be one of {MARGINS} (the paper uses 4), got {margin!r}.")
+        if in_features < 1 or out_features < 1:
+            raise ConfigError(f"AngularLinear: sizes must be positive, got {in_features} -> {out_features}.")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.margin = margin
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map features (B, F) to logits (B, K) in eval mode or to (B, 2, K) in training mode."""
+        logits = F.linear(x, F.normalize(self.weight, dim=1))
+        if not self.training:
+            return logits
+        x_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        cos_theta = (logits / x_norm.clamp_min(1e-12)).clamp(-1.0, 1.0)
+        psi = angular_margin_psi(cos_theta, self.margin)
+        return torch.stack([logits, psi * x_norm], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"
+
+
+@dataclass(frozen=True)
+class LambdaSchedule:
+    """Annealing of A-Softmax's target logit: ``lambda(it) = max(lambda_min, lambda_max * (1 + gamma it)^-power)``.
+
+    SphereFace trains with the target logit ``(lambda ||x|| cos(theta) + ||x|| psi(theta)) / (1 + lambda)``: large
+    lambda at the start (almost plain softmax, easy to optimise), decreasing over iterations towards the margin of
+    eq. (4) (lambda = 0). The defaults (1500, 5, 0.1, 1) are those of the SphereFace PyTorch port that the
+    NAS-Lung code uses; lambda reaches ``lambda_min`` after ``(lambda_max / lambda_min - 1) / gamma`` = 2990
+    iterations. (SphereFace's Caffe release uses base 1000, gamma 0.12, power 1, lambda_min 5.)
+    ``LambdaSchedule(0, 0)`` gives eq. (4) exactly.
+
+    Args:
+        lambda_max: lambda at iteration 0.
+        lambda_min: floor of lambda.
+        gamma: decay rate per iteration.
+        power: decay exponent.
+
+    Raises:
+        ConfigError: when a value is negative or ``lambda_max < lambda_min``.
+    """
+
+    lambda_max: float = 1500.0
+    lambda_min: float = 5.0
+    gamma: float = 0.1
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.lambda_max, self.lambda_min, self.gamma, self.power) < 0 or self.lambda_max < self.lambda_min:
+            raise ConfigError(
+                f"A-Softmax lambda schedule {self}: need 0 <= lambda_min <= lambda_max and gamma, power >= 0."
+            )
+
+    def __call__(self, iteration: int) -> float:
+        """Lambda at training iteration ``iteration`` (0-based)."""
+        return max(self.lambda_min, self.lambda_max * (1.0 + self.gamma * iteration) ** (-self.power))
+
+
+def _reduction(reduction: str) -> str:
+    """Validate a loss reduction name."""
+    try:
+        return look_up_option(reduction, ("mean", "sum", "none"))
+    except ValueError:
+        raise ConfigError(f"loss reduction {reduction!r} is not supported; use 'mean', 'sum' or 'none'.") from None
+
+
+def _class_index(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels (B,), (B, 1) or one-hot (B, K) as long class indices (B,)."""
+    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
+        y = y.argmax(dim=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ConfigError(f"loss: labels must be (B,), (B, 1) or one-hot (B, {num_classes}), got {tuple(y.shape)}.")
+    return y.long()
+
+
+class AngularSoftmaxLoss(nn.Module):
+    """A-Softmax loss (SphereFace, Liu et al. 2017; Jiang et al. 2021, Sec. 3.3, eq. 4) with lambda annealing.
+
+    ``L = -1/B sum_i log softmax(f_i)[y_i]`` with ``f_ij = ||x_i|| cos(theta_ij)`` for ``j != y_i`` and
+    ``f_iy = (lambda ||x_i|| cos(theta_iy) + ||x_i|| psi(theta_iy)) / (1 + lambda)``; ``lambda`` follows
+    :class:`LambdaSchedule` over training iterations and eq. (4) is the ``lambda = 0`` end.
+
+    Use it as ``loss_function(y_pred, y)`` (e.g. in MONAI's ``SupervisedTrainer``) with a network whose head is
+    :class:`AngularLinear` (``CBAMResNet3D(head="angular")``):
+
+    * ``y_pred`` (B, 2, K), the training-mode output: the annealed A-Softmax above. The iteration counter (a
+      buffer, so it is checkpointed with the loss's ``state_dict``) advances by one on every call whose
+      ``y_pred`` requires grad, i.e. every training step.
+    * ``y_pred`` (B, K), the eval-mode logits without grad (a validation loss): plain cross-entropy on
+      ``||x|| cos(theta)``, the ``lambda -> infinity`` end.
+
+    Args:
+        lambda_max, lambda_min, gamma, power: the :class:`LambdaSchedule` (defaults 1500, 5, 0.1, 1).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Raises:
+        ConfigError: in ``forward``, when given trainable (B, K) logits (the network's head is not angular) or
+            labels of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        lambda_max: float = 1500.0,
+        lambda_min: float = 5.0,
+        gamma: float = 0.1,
+        power: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.schedule = LambdaSchedule(lambda_max, lambda_min, gamma, power)
+        self.reduction = _reduction(reduction)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    @property
+    def current_lambda(self) -> float:
+        """Lambda used by the next training step."""
+        return self.schedule(int(self.iteration.item()))
+
+    def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of ``y_pred`` (B, 2, K) or (B, K) against labels ``y`` (B,), (B, 1) or one-hot (B, K)."""
+        if y_pred.ndim == 2:
+            if y_pred.requires_grad:
+                raise ConfigError(
+                    "AngularSoftmaxLoss got (B, K) logits in training; it needs the (B, 2, K) output of an "
+                    "AngularLinear head: build the network with head='angular' (or use the 'softmax' loss)."
+                )
+            return F.cross_entropy(y_pred, _class_index(y, y_pred.shape[1]), reduction=self.reduction)
+        if y_pred.ndim != 3 or y_pred.shape[1] != 2:
+            raise ConfigError(
+                f"AngularSoftmaxLoss expects (B, 2, K) from an AngularLinear head or (B, K) logits, "
+                f"got {tuple(y_pred.shape)}."
+            )
+        cos_logits, psi_logits = y_pred[:, 0], y_pred[:, 1]
+        target = _class_index(y, cos_logits.shape[1])
+        lam = self.current_lambda
+        one_hot = F.one_hot(target, cos_logits.shape[1]).to(cos_logits.dtype)
+        logits = cos_logits + one_hot * (psi_logits - cos_logits) / (1.0 + lam)
+        if y_pred.requires_grad:
+            self.iteration += 1
+        return F.cross_entropy(logits, target, reduction=self.reduction)
+
+
+class SoftmaxCrossEntropyLoss(nn.Module):
+    """Plain softmax cross-entropy (the paper's "Softmax loss" of Tables 2 and 4), for either head.
+
+    With a linear head it is ``torch.nn.CrossEntropyLoss``; given the (B, 2, K) training output of an
+    :class:`AngularLinear` head it uses the logits ``||x|| cos(theta)`` and ignores the margin.
+
+    Args:
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = _reduction(reduction)
+
+    def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``y_pred`` (B, K) or (B, 2, K) against labels (B,), (B, 1) or one-hot (B, K)."""
+        logits = logits_from_output(y_pred)
+        return F.cross_entropy(logits, _class_index(y, logits.shape[1]), reduction=self.reduction)
+
+
+LOSSES: dict[str, type[nn.Module]] = {"asoftmax": AngularSoftmaxLoss, "softmax": SoftmaxCrossEntropyLoss}
+"""Loss names a config can choose: ``"asoftmax"`` (eq. 4, needs ``head="angular"``) and ``"softmax"``."""
+
+
+def build_loss(name: str = "asoftmax", **kwargs: Any) -> nn.Module:
+    """Build a loss by name (see :data:`LOSSES`) with its keyword arguments.
+
+    Raises:
+        ConfigError: for an unknown name.
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; use one of {sorted(LOSSES)}.")
+    return LOSSES[key](**kwargs)

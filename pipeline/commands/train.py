@@ -1,0 +1,43 @@
+"""``naslung train``: train one network spec on one fold or several folds (held-out test fold each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from naslung.pipeline.commands.overrides import add_config_arguments, parse_overrides
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``naslung train``."""
+    parser = subparsers.add_parser("train", help="train a network on one or more held-out folds")
+    parser.add_argument("--data", required=True, help="folder with manifest.csv (from `naslung prepare`)")
+    parser.add_argument("--out", required=True, help="run directory of this network")
+    parser.add_argument("--folds", type=int, nargs="+", help="held-out test folds (default: the config's `folds`)")
+    parser.add_argument("--arch", help="architecture spec, e.g. '[4,4,[4,4],[4,8],[8,8]]' or a factory name")
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from naslung.pipeline.datalists import read_manifest
+    from naslung.pipeline.training import load_train_config, train_folds
+
+    overrides = parse_overrides(args.overrides)
+    if args.arch:
+        overrides["arch"] = args.arch
+    merged = load_train_config(args.config, overrides)
+    folds = args.folds or merged["folds"]
+    datalist = read_manifest(Path(args.data) / "manifest.csv")
+    result = train_folds(datalist, folds, args.out, args.config, overrides, show_progress=not args.quiet)
+    summary = result["summary"]
+    print(f"trained {merged['arch']} on folds {folds}; results in {Path(args.out) / 'cv_metrics.json'}")
+    for name in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
+        if f"{name}_mean" in summary:
+            print(f"  {name:<12} {summary[f'{name}_mean']:.4f} ± {summary.get(f'{name}_std', float('nan')):.4f}")
+    if not summary:
+        print(json.dumps(result["per_fold"], indent=2))
+    return 0

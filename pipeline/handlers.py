@@ -1,0 +1,230 @@
+"""Ignite handlers for naslung's engines: epoch seeding, resumable checkpoints, best-model saving, predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping, TerminateOnNan
+from monai.data.utils import set_rnd
+from naslung.pipeline.atomic_io import atomic_path, write_json
+
+__all__ = [
+    "EpochSeedHandler",
+    "ResumableCheckpoint",
+    "BestModelSaver",
+    "EarlyStopOnValidation",
+    "TerminateOnNanLoss",
+    "PredictionCollector",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed derived from (seed, epoch) so every epoch's randomness is reproducible on its own."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochSeedHandler:
+    """Seed the data order and augmentations of each epoch from ``(seed, epoch)``.
+
+    Attached to a trainer, at ``EPOCH_STARTED`` it re-seeds the data loader's ``generator`` (which draws the
+    shuffling order and the workers' base seed) and, for ``num_workers == 0``, the random transforms of the
+    dataset. Ignite creates an epoch's data iterator after ``EPOCH_STARTED``, both in an uninterrupted run and
+    after a resume, so a run resumed at an epoch boundary sees exactly the batches an uninterrupted one sees.
+
+    Args:
+        seed: the run's seed.
+        loader: the training ``DataLoader``; it must have been built with a ``generator``.
+    """
+
+    def __init__(self, seed: int, loader: torch.utils.data.DataLoader) -> None:
+        if loader.generator is None:
+            raise ValueError("EpochSeedHandler needs a DataLoader built with generator=torch.Generator()")
+        self.seed, self.loader = int(seed), loader
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_seed = _epoch_seed(self.seed, engine.state.epoch)
+        self.loader.generator.manual_seed(epoch_seed)
+        if self.loader.num_workers == 0:
+            set_rnd(self.loader.dataset, epoch_seed)
+        torch.manual_seed(epoch_seed)
+
+
+class ResumableCheckpoint:
+    """Save everything needed to resume at each epoch end, and load it when the engine starts.
+
+    The checkpoint ``save_dir/filename`` holds the ``state_dict`` of every object in ``save_dict`` (model,
+    optimiser, scheduler, loss) and of the engine it is attached to (key ``"trainer"``: epoch, iteration).
+    It is written to a temporary file and renamed, so a kill never leaves a torn checkpoint. At ``STARTED``
+    an existing checkpoint is loaded, and Ignite resumes from the stored epoch.
+
+    Args:
+        save_dir: folder of the checkpoint.
+        save_dict: name -> object with ``state_dict``/``load_state_dict``.
+        filename: checkpoint file name.
+        save_interval: save every this many epochs.
+    """
+
+    def __init__(
+        self, save_dir: str | os.PathLike, save_dict: dict[str, Any], filename: str = "last.pt", save_interval: int = 1
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
+        self.save_interval = max(1, int(save_interval))
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def save(self, engine: Engine) -> None:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        logger.debug("saved %s at epoch %d", self.path, engine.state.epoch)
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.is_file():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        for name, obj in self.save_dict.items():
+            if name in state:
+                obj.load_state_dict(state[name])
+        logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
+
+
+class BestModelSaver:
+    """Keep the network weights of the best validation score as a plain ``state_dict`` (``weights_only`` safe).
+
+    Attached to an evaluator (whose ``state.epoch`` MONAI sets to the trainer's epoch). The best score and its
+    epoch live in ``<filename>.json`` beside the weights, so a resumed run keeps comparing against the true
+    best, not against the first score after the resume. Ties keep the earlier model.
+
+    Args:
+        save_dir: folder of the weights.
+        network: the module whose ``state_dict`` is saved.
+        metric_name: key in ``engine.state.metrics`` (higher is better).
+        filename: weights file name.
+    """
+
+    def __init__(
+        self, save_dir: str | os.PathLike, network: torch.nn.Module, metric_name: str, filename: str = "best_model.pt"
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.record_path = self.path.with_suffix(".json")
+        self.network, self.metric_name = network, metric_name
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The stored best record ``{"score", "epoch"}``, or None before the first validation."""
+        if not self.record_path.is_file():
+            return None
+        return json.loads(self.record_path.read_text())
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        score = float(engine.state.metrics[self.metric_name])
+        best = self.best
+        if best is not None and not (np.isfinite(score) and score > best["score"]):
+            return
+        if best is None and not np.isfinite(score):
+            score = -1.0  # keep a first model even when the metric is undefined on this split
+        with atomic_path(self.path) as tmp:
+            torch.save(self.network.state_dict(), tmp)
+        epoch = int(engine.state.epoch)
+        write_json(self.record_path, {"metric": self.metric_name, "score": score, "epoch": epoch})
+        logger.info("new best %s = %.4f at epoch %s", self.metric_name, score, epoch)
+
+
+class EarlyStopOnValidation:
+    """Stop training when a validation metric has not improved for ``patience`` validations.
+
+    Attached to the trainer after its ``ValidationHandler``, it reads the evaluator's latest metrics at each
+    epoch end where a validation ran; ``patience <= 0`` disables it.
+
+    Args:
+        evaluator: the validation engine.
+        metric_name: key in ``evaluator.state.metrics`` (higher is better).
+        patience: validations without improvement before stopping.
+        min_delta: smallest change that counts as an improvement.
+    """
+
+    def __init__(self, evaluator: Engine, metric_name: str, patience: int, min_delta: float = 0.0) -> None:
+        self.evaluator, self.metric_name = evaluator, metric_name
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self._stopper: EarlyStopping | None = None
+        self._last_seen = -1
+
+    def attach(self, engine: Engine) -> None:
+        if self.patience <= 0:
+            return
+        self._stopper = EarlyStopping(self.patience, self._score, engine, min_delta=self.min_delta)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _score(self, engine: Engine) -> float:
+        return float(self.evaluator.state.metrics[self.metric_name])
+
+    def __call__(self, engine: Engine) -> None:
+        if self._stopper is None or self.evaluator.state.epoch == self._last_seen:
+            return  # no new validation this epoch
+        self._last_seen = self.evaluator.state.epoch
+        if self.metric_name in self.evaluator.state.metrics:
+            self._stopper(engine)
+
+
+class TerminateOnNanLoss:
+    """Ignite's ``TerminateOnNan`` on the training loss, with the ``attach`` MONAI's handler lists expect."""
+
+    def __init__(self, loss_key: str = "loss") -> None:
+        self.loss_key = loss_key
+        self._handler = TerminateOnNan(output_transform=self._loss)
+
+    def _loss(self, output: Any) -> torch.Tensor:
+        item = output[0] if isinstance(output, (list, tuple)) else output
+        return torch.as_tensor(item[self.loss_key])
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._handler)
+
+
+class PredictionCollector:
+    """Collect per-item malignancy probabilities and labels from an evaluator's decollated output.
+
+    After a run, ``rows`` holds one dict per item: ``nodule_id`` (from the batch's ``nodule_id`` key, when
+    present), ``label`` and ``probability`` (softmax of the 2-class logits, class 1 = malignant).
+    """
+
+    def __init__(self, id_key: str = "nodule_id") -> None:
+        self.id_key = id_key
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        ids = batch.get(self.id_key) if isinstance(batch, dict) else None
+        for index, item in enumerate(output):
+            logits = torch.as_tensor(item["pred"]).float().flatten()
+            probability = float(torch.softmax(logits, dim=0)[1])
+            label = int(torch.as_tensor(item["label"]).flatten()[0])
+            nodule_id = ids[index] if ids is not None else str(len(self.rows))
+            self.rows.append({"nodule_id": nodule_id, "label": label, "probability": probability})

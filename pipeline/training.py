@@ -1,0 +1,249 @@
+"""Train and evaluate one network per held-out fold with MONAI's Ignite engines, driven by a bundle-style config."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
+from monai.utils import set_determinism
+from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
+from naslung.pipeline.datalists import FoldSplit, split_for_fold
+from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.handlers import PredictionCollector
+from naslung.pipeline.metrics import binary_metrics
+from naslung.pipeline.steps import fingerprint, is_done, mark_done
+
+__all__ = [
+    "DEFAULT_TRAIN_CONFIG",
+    "load_train_config",
+    "train_fold",
+    "train_folds",
+    "predict",
+    "fold_dir_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The packaged training config (MONAI bundle syntax); every key can be overridden.
+DEFAULT_TRAIN_CONFIG = "train.json"
+
+#: Keys the training step sets itself for each fold; a user config must not rely on setting them.
+_RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_root", "dataset_dir")
+
+
+def _packaged_config(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("naslung.pipeline").joinpath("configs", name).read_text())
+
+
+def load_train_config(
+    config: str | os.PathLike | dict | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge the packaged training config with a user config file (JSON/YAML) or dict, then ``overrides``.
+
+    Keys use MONAI's ``#`` id separator for nested entries (``"train#dataloader#num_workers": 2``).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or an override names an unknown key.
+    """
+    parser = ConfigParser(_packaged_config(DEFAULT_TRAIN_CONFIG))
+    if config is not None:
+        if isinstance(config, dict):
+            user = config
+        else:
+            path = Path(config)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            try:
+                user = ConfigParser.load_config_file(path)
+            except Exception as err:  # noqa: BLE001 - MONAI raises several kinds for bad files
+                raise ConfigError(f"{path}: cannot read config ({err})") from err
+        for key, value in user.items():
+            parser[key] = value
+    for key, value in (overrides or {}).items():
+        head = key.split("#")[0]
+        if head not in parser.config:
+            raise ConfigError(f"unknown config key {key!r}; known top-level keys: {sorted(parser.config)}")
+        parser[key] = value
+    return parser.config
+
+
+def fold_dir_name(test_fold: int | None) -> str:
+    """Folder name of a fold's outputs inside a run directory (``fold_1`` ... or ``all`` without a test fold)."""
+    return "all" if test_fold is None else f"fold_{test_fold}"
+
+
+class _History:
+    """Appends each validation's metrics (and the epoch's mean training loss) to ``history.jsonl``."""
+
+    def __init__(self, path: Path, trainer: Any, evaluator: Any) -> None:
+        self.path, self.trainer = path, trainer
+        self._losses: list[float] = []
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._loss)
+        evaluator.add_event_handler(Events.COMPLETED, self._record)
+
+    def _loss(self, engine: Any) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+        self._losses.append(float(loss))
+
+    def _record(self, engine: Any) -> None:
+        record = {"epoch": int(engine.state.epoch)}
+        if self._losses:
+            record["train_loss"] = sum(self._losses) / len(self._losses)
+        record.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        append_jsonl(self.path, record)
+
+
+def predict(
+    network: torch.nn.Module,
+    datalist: Sequence[dict[str, Any]],
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    transform: Any = None,
+) -> list[dict[str, Any]]:
+    """Malignancy probabilities for a datalist with a ``SupervisedEvaluator`` (evaluation transforms).
+
+    Args:
+        network: a 2-class network returning ``(B, 2)`` logits in eval mode.
+        datalist: items with ``image`` (cube path or array) and ``label``; ``nodule_id`` is carried through.
+        transform: defaults to :func:`naslung.transforms.eval_transforms`.
+
+    Returns:
+        one ``{"nodule_id", "label", "probability"}`` per item, in datalist order.
+    """
+    from naslung.transforms import eval_transforms
+
+    items = [dict(d, nodule_id=str(d.get("nodule_id", i))) for i, d in enumerate(datalist)]
+    loader = DataLoader(Dataset(items, transform or eval_transforms()), batch_size=batch_size, shuffle=False)
+    collector = PredictionCollector()
+    evaluator = SupervisedEvaluator(
+        device=torch.device(device), val_data_loader=loader, network=network, val_handlers=[collector]
+    )
+    evaluator.run()
+    return collector.rows
+
+
+def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_csv(path, rows, ["nodule_id", "label", "probability"])
+
+
+def train_fold(
+    datalist: Sequence[dict[str, Any]],
+    test_fold: int | None,
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | dict | None = None,
+    overrides: dict[str, Any] | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train one network with the fold ``test_fold`` held out; validate on a split carved from the rest.
+
+    Writes under ``out_dir/fold_<k>/``: ``checkpoints/last.pt`` (resume state), ``checkpoints/best_model.pt``
+    (plain ``state_dict`` of the best validation F1), ``history.jsonl``, ``val_predictions.csv``,
+    ``test_predictions.csv`` (best model on the held-out fold), ``metrics.json`` and ``config.json``. A
+    finished fold with the same inputs is skipped; an interrupted one resumes from ``last.pt``.
+
+    Args:
+        datalist: the whole cohort's cube datalist (``image``, ``label``, ``fold``, ``patient_id``, ``nodule_id``).
+        test_fold: fold held out for testing (``None``: train on everything, no test metrics).
+        out_dir: run directory of this network.
+        config: user training config (file or dict) on top of the packaged one.
+        overrides: last-word key/value overrides (MONAI ``#`` ids).
+        show_progress: attach Ignite's progress bar (the CLI sets it).
+
+    Returns:
+        ``metrics.json``'s content: ``val`` (best validation metrics), ``test`` (held-out metrics), ``best_epoch``.
+    """
+    merged = load_train_config(config, overrides)
+    fold_dir = Path(out_dir) / fold_dir_name(test_fold)
+    split: FoldSplit = split_for_fold(
+        datalist, test_fold, val_fraction=float(merged.get("val_fraction", 0.1)), seed=int(merged["seed"])
+    )
+    ids = [[d["nodule_id"] for d in part] for part in (split.train, split.val, split.test)]
+    digest = fingerprint({k: v for k, v in merged.items() if k not in _RUNTIME_KEYS}, ids)
+    if is_done(fold_dir, digest):
+        logger.info("%s is up to date; skipping", fold_dir)
+        return json.loads((fold_dir / "metrics.json").read_text())
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    write_json(fold_dir / "config.json", merged)
+
+    parser = ConfigParser(copy.deepcopy(merged))
+    parser["bundle_root"] = str(fold_dir)
+    parser["output_dir"] = str(fold_dir)
+    parser["train_data"], parser["val_data"] = split.train, split.val
+    set_determinism(seed=int(merged["seed"]))
+    try:
+        trainer = parser.get_parsed_content("train#trainer")
+        evaluator = parser.get_parsed_content("validate#evaluator")
+        network = parser.get_parsed_content("network")
+        device = parser.get_parsed_content("device")
+    except Exception as err:
+        raise ConfigError(f"cannot build the training engines from the config: {err}") from err
+    history_path = fold_dir / "history.jsonl"
+    _History(history_path, trainer, evaluator)
+    if show_progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False, desc=f"train {fold_dir.name}").attach(
+            trainer, output_transform=lambda out: {"loss": float(out[0]["loss"])}
+        )
+    trainer.run()
+    set_determinism(seed=None)
+
+    best_path = fold_dir / "checkpoints" / "best_model.pt"
+    network.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    network.eval()
+    batch_size = int(merged["batch_size"])
+    val_rows = predict(network, split.val, device, batch_size)
+    _write_predictions(fold_dir / "val_predictions.csv", val_rows)
+    result: dict[str, Any] = {
+        "test_fold": test_fold,
+        "best_epoch": json.loads(best_path.with_suffix(".json").read_text())["epoch"],
+        "epochs_run": int(trainer.state.epoch),
+        "val": binary_metrics([r["label"] for r in val_rows], [r["probability"] for r in val_rows]),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+    }
+    outputs = ["metrics.json", "val_predictions.csv", "checkpoints/best_model.pt", "history.jsonl"]
+    if split.test:
+        test_rows = predict(network, split.test, device, batch_size)
+        _write_predictions(fold_dir / "test_predictions.csv", test_rows)
+        result["test"] = binary_metrics([r["label"] for r in test_rows], [r["probability"] for r in test_rows])
+        outputs.append("test_predictions.csv")
+    result["history"] = read_jsonl(history_path)
+    write_json(fold_dir / "metrics.json", result)
+    mark_done(fold_dir, digest, outputs, {k: result[k] for k in ("val", "best_epoch") if k in result})
+    return result
+
+
+def train_folds(
+    datalist: Sequence[dict[str, Any]],
+    folds: Sequence[int],
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | dict | None = None,
+    overrides: dict[str, Any] | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Run :func:`train_fold` for each held-out fold and summarise test metrics as mean ± std over folds."""
+    from naslung.pipeline.metrics import summarise_folds
+
+    per_fold = [train_fold(datalist, f, out_dir, config, overrides, show_progress) for f in folds]
+    summary = {
+        "folds": list(folds),
+        "per_fold": [{"fold": r["test_fold"], **r.get("test", {})} for r in per_fold],
+        "summary": summarise_folds([r["test"] for r in per_fold if "test" in r]) if per_fold else {},
+    }
+    write_json(Path(out_dir) / "cv_metrics.json", summary)
+    return summary

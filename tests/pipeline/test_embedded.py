@@ -1,0 +1,132 @@
+"""Tests of the embedded default data set: cubes, manifest, datalist, resume, whole scans as DICOM and MetaImage."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from naslung.pipeline.embedded import (
+    LUNA16_ANNOTATION_FIELDS,
+    MANIFEST_FIELDS,
+    cube_path,
+    render_cube,
+    render_embedded,
+    select_scans,
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _cohort():
+    from naslung.pipeline.cohort import load_default_cohort
+
+    return tuple(sorted(load_default_cohort(), key=lambda r: str(r["nodule_id"])))
+
+
+def _solid(row):
+    return all(int(v) == 5 for v in str(row["texture"]).split(";")) and float(row["diameter_mm"]) >= 8
+
+
+@functools.lru_cache(maxsize=1)
+def _few_rows():
+    """Three nodules: two of one scan (one solid, >= 8 mm) and one of another scan."""
+    rows = _cohort()
+    by_series = {}
+    for row in rows:
+        by_series.setdefault(str(row["series_uid"]), []).append(row)
+    for members in by_series.values():
+        solid = [r for r in members if _solid(r)]
+        if len(members) >= 2 and solid:
+            other = next(r for r in members if r is not solid[0])
+            extra = next(r for r in rows if str(r["series_uid"]) != str(solid[0]["series_uid"]))
+            return [dict(solid[0]), dict(other), dict(extra)]
+    pytest.fail("the default cohort has no scan with two nodules, one of them solid")
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_render_cube_shape_range_and_determinism():
+    row = _few_rows()[0]
+    cube = render_cube(row, seed=0)
+    assert cube.shape == (32, 32, 32) and cube.dtype == np.float32
+    assert float(cube.min()) >= 0.0 and float(cube.max()) <= 1.0
+    assert cube[14:18, 14:18, 14:18].mean() > cube.mean() + 0.1  # the solid nodule sits in the middle
+    assert render_cube(row, seed=0).tobytes() == cube.tobytes()
+    assert render_cube(row, seed=1).tobytes() != cube.tobytes()
+
+
+def test_select_scans_prefers_several_nodules():
+    rows = _few_rows()
+    assert select_scans(rows, 1, matrix=512, max_slices=None) == [str(rows[0]["series_uid"])]
+    assert len(select_scans(rows, 5)) == 2
+    assert select_scans(rows, 0) == []
+
+
+def test_render_embedded_writes_dataset_and_resumes(tmp_path):
+    rows = _few_rows()
+    out = tmp_path / "embedded"
+    summary = render_embedded(out, rows=rows, n_scans=1, seed=0, workers=1, scan_matrix=64, scan_max_slices=12)
+    assert summary["n_nodules"] == 3 and summary["n_rendered"] == 3 and summary["n_skipped"] == 0
+
+    manifest = _read_csv(out / "manifest.csv")
+    assert list(manifest[0]) == MANIFEST_FIELDS
+    assert [m["nodule_id"] for m in manifest] == [str(r["nodule_id"]) for r in rows]
+    assert [int(m["label"]) for m in manifest] == [int(float(r["label"])) for r in rows]
+    assert {m["source"] for m in manifest} == {"embedded"}
+    for m, row in zip(manifest, rows, strict=True):
+        cube = np.load(out / m["image"])
+        assert cube.shape == (32, 32, 32) and cube.dtype == np.float32
+        assert 0.0 <= cube.min() <= cube.max() <= 1.0
+        assert float(m["z_mm"]) == pytest.approx(float(row["z_mm"]))
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert [d["label"] for d in datalist] == [int(float(r["label"])) for r in rows]
+    assert set(datalist[0]) == {"image", "label", "fold", "nodule_id"}
+
+    # resume: existing cubes are kept untouched, a missing one is rendered again with the same bytes
+    first = cube_path(out, str(rows[0]["nodule_id"]))
+    kept = cube_path(out, str(rows[1]["nodule_id"]))
+    first_bytes, kept_mtime = first.read_bytes(), kept.stat().st_mtime_ns
+    first.unlink()
+    again = render_embedded(out, rows=rows, n_scans=1, seed=0, workers=1, scan_matrix=64, scan_max_slices=12)
+    assert again["n_rendered"] == 1 and again["n_skipped"] == 2
+    assert first.read_bytes() == first_bytes
+    assert kept.stat().st_mtime_ns == kept_mtime
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    # another seed re-renders everything
+    other = render_embedded(out, rows=rows, n_scans=0, seed=5, workers=1)
+    assert other["n_rendered"] == 3
+
+
+def test_whole_scan_dicom_and_mhd_hold_the_nodule_at_its_world_centre(tmp_path):
+    rows = _few_rows()
+    out = tmp_path / "embedded"
+    render_embedded(out, rows=rows[:1], n_scans=1, seed=0, workers=1, scan_matrix=64, scan_max_slices=12)
+    uid = str(rows[0]["series_uid"])
+    annotations = _read_csv(out / "scans" / "annotations.csv")
+    assert list(annotations[0]) == LUNA16_ANNOTATION_FIELDS
+    truth = _read_csv(out / "scans" / "truth.csv")
+    assert [t["nodule_id"] for t in truth] == [str(rows[0]["nodule_id"])]
+    centre = tuple(float(truth[0][k]) for k in ("coordX", "coordY", "coordZ"))
+    assert centre[2] == pytest.approx(float(rows[0]["z_mm"]))
+
+    mhd = sitk.ReadImage(str(out / "scans" / "mhd" / f"{uid}.mhd"))
+    reader = sitk.ImageSeriesReader()
+    assert reader.GetGDCMSeriesIDs(str(out / "scans" / "dicom" / uid)) == (uid,)
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / "scans" / "dicom" / uid), uid))
+    dicom = reader.Execute()
+    for image in (mhd, dicom):
+        np.testing.assert_allclose(image.GetSpacing(), mhd.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(image.GetOrigin(), mhd.GetOrigin(), atol=1e-3)
+        index = image.TransformPhysicalPointToIndex(centre)
+        hu = sitk.GetArrayFromImage(image)  # (z, y, x)
+        around = hu[index[2], index[1] - 1 : index[1] + 2, index[0] - 1 : index[0] + 2]
+        assert around.mean() > -250, around  # solid nodule at the recorded centre
+        assert np.median(hu) < -500  # in lung
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mhd), sitk.GetArrayFromImage(dicom))

@@ -1,0 +1,104 @@
+"""Training with MONAI engines: one epoch runs, a killed run resumes to the same weights, outputs are written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from naslung.pipeline.atomic_io import write_csv
+from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.training import load_train_config, train_fold
+
+TINY = {"arch": "[4,4,[4],[4],[4]]", "batch_size": 8, "val_fraction": 0.3, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def cube_datalist(tmp_path_factory):
+    """24 cubes in 4 folds: malignant ones hold a large bright sphere, benign ones a small one."""
+    root = tmp_path_factory.mktemp("cubes")
+    rng = np.random.default_rng(0)
+    radius = np.sqrt(((np.mgrid[:32, :32, :32] - 15.5) ** 2).sum(0))
+    rows = []
+    for n in range(24):
+        label = n % 2
+        cube = rng.normal(0.2, 0.05, (32, 32, 32)).astype(np.float32)
+        cube[radius < (8 if label else 4)] += 0.5
+        np.save(root / f"n{n}.npy", cube)
+        rows.append(
+            dict(
+                nodule_id=f"n{n}", patient_id=f"p{n // 2}", series_uid="s", image=f"n{n}.npy", label=label, fold=n // 6
+            )
+        )
+    write_csv(root / "manifest.csv", rows, list(rows[0]))
+    return read_manifest(root / "manifest.csv")
+
+
+def _weights(fold_dir):
+    return torch.load(fold_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_one_epoch_writes_outputs(cube_datalist, tmp_path):
+    result = train_fold(cube_datalist, 1, tmp_path, overrides={**TINY, "max_epochs": 1})
+    fold_dir = tmp_path / "fold_1"
+    for name in ("metrics.json", "history.jsonl", "val_predictions.csv", "test_predictions.csv", "done.json"):
+        assert (fold_dir / name).is_file(), name
+    best = torch.load(fold_dir / "checkpoints" / "best_model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in best.values())  # a plain state_dict
+    assert result["n_test"] == 6 and result["epochs_run"] == 1
+    assert set(result["test"]) >= {"accuracy", "sensitivity", "specificity", "f1", "auc"}
+    assert json.loads((fold_dir / "metrics.json").read_text())["test"] == result["test"]
+
+
+def test_rerun_is_skipped(cube_datalist, tmp_path):
+    train_fold(cube_datalist, 2, tmp_path, overrides={**TINY, "max_epochs": 1})
+    stamp = (tmp_path / "fold_2" / "metrics.json").stat().st_mtime_ns
+    train_fold(cube_datalist, 2, tmp_path, overrides={**TINY, "max_epochs": 1})
+    assert (tmp_path / "fold_2" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_identical_weights(cube_datalist, tmp_path, monkeypatch):
+    settings = {**TINY, "max_epochs": 2}
+    full = train_fold(cube_datalist, 0, tmp_path / "full", overrides=settings)
+
+    # kill the second run in the middle of epoch 2, then run the same command again
+    from monai.engines import SupervisedTrainer
+
+    original_run = SupervisedTrainer.run
+
+    def run_and_die(self, *args, **kwargs):
+        def die(engine):
+            if engine.state.epoch == 2:
+                raise _Killed("simulated kill")
+
+        self.add_event_handler(Events.ITERATION_COMPLETED(once=4), die)
+        return original_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(SupervisedTrainer, "run", run_and_die)
+    with pytest.raises(_Killed):
+        train_fold(cube_datalist, 0, tmp_path / "killed", overrides=settings)
+    assert not (tmp_path / "killed" / "fold_0" / "metrics.json").exists()
+    monkeypatch.setattr(SupervisedTrainer, "run", original_run)
+    resumed = train_fold(cube_datalist, 0, tmp_path / "killed", overrides=settings)
+
+    a, b = _weights(tmp_path / "full" / "fold_0"), _weights(tmp_path / "killed" / "fold_0")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert resumed["test"] == full["test"]
+
+
+def test_unknown_override_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown config key 'max_epoch'"):
+        load_train_config(overrides={"max_epoch": 3})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_train_config(tmp_path / "nope.json")

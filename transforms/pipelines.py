@@ -1,0 +1,123 @@
+"""Training and evaluation transform chains for stored 32³ nodule cubes, built from MONAI's own transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import NumpyReader
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    RandFlipd,
+    RandSpatialCropd,
+    ResizeWithPadOrCropd,
+    SpatialPadd,
+)
+
+__all__ = ["CUBE_SIZE", "PADDED_SIZE", "train_transforms", "eval_transforms"]
+
+#: Edge of the network input cube in voxels (1 mm each); paper Sec. 4.1.3.
+CUBE_SIZE = 32
+#: The training cube is padded to this edge and randomly cropped back to :data:`CUBE_SIZE` (random translation of up
+#: to ±2 voxels); paper Sec. 4.1.3.
+PADDED_SIZE = 36
+
+
+def _loading(keys: Sequence[str], load: bool, allow_missing_keys: bool) -> list:
+    steps: list = []
+    if load:
+        # Cubes on disk: .npy float32 (32, 32, 32) in [0, 1], index order (x, y, z).
+        reader = NumpyReader()
+        steps.append(
+            LoadImaged(keys, reader=reader, image_only=True, dtype=np.float32, allow_missing_keys=allow_missing_keys)
+        )
+    steps.append(EnsureChannelFirstd(keys, channel_dim="no_channel", allow_missing_keys=allow_missing_keys))
+    return steps
+
+
+def _typing(keys: Sequence[str], label_key: str | None, track_meta: bool) -> list:
+    steps: list = [EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta, allow_missing_keys=True)]
+    if label_key is not None:
+        steps.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False, allow_missing_keys=True))
+    return steps
+
+
+def train_transforms(
+    keys: Sequence[str] = ("image",),
+    label_key: str | None = "label",
+    cube_size: int = CUBE_SIZE,
+    padded_size: int = PADDED_SIZE,
+    flip_prob: float = 0.5,
+    pad_value: float = 0.0,
+    load: bool = True,
+    track_meta: bool = False,
+    allow_missing_keys: bool = False,
+) -> Compose:
+    """Augmenting chain for training: load, pad, random crop, random flips on each axis, typed tensors.
+
+    Re-implements the NAS-Lung training augmentation (paper Sec. 4.1.3): the 32³ cube is padded to 36³, randomly
+    cropped back to 32³ and flipped horizontally, vertically and along z (each axis independently here).
+
+    Args:
+        keys: keys of the cubes; each is a path to a .npy (X, Y, Z) float32 cube in [0, 1] when ``load`` is True,
+            else an array of that shape.
+        label_key: key of the class label (0 benign, 1 malignant) made an int64 tensor; ``None`` for no label.
+        cube_size: output cube edge in voxels (paper: 32).
+        padded_size: edge the cube is padded to before the random crop (paper: 36).
+        flip_prob: probability of flipping each spatial axis.
+        pad_value: value for padding, in the cube's units (0 = -1200 HU, the bottom of the HU window).
+        load: read the cubes from .npy paths with ``NumpyReader``.
+        track_meta: keep MetaTensors (``False`` yields plain tensors for speed and collation).
+        allow_missing_keys: do not raise when a key is absent.
+
+    Returns:
+        ``Compose`` mapping ``{"image": path, "label": int}`` to ``{"image": (1, S, S, S) float32, "label": int64}``.
+        Seed it with ``set_determinism(seed)`` or ``Compose.set_random_state(seed)``.
+    """
+    steps = _loading(keys, load, allow_missing_keys)
+    steps += [
+        SpatialPadd(keys, spatial_size=(padded_size,) * 3, value=pad_value, allow_missing_keys=allow_missing_keys),
+        RandSpatialCropd(keys, roi_size=(cube_size,) * 3, random_size=False, allow_missing_keys=allow_missing_keys),
+    ]
+    steps += [
+        RandFlipd(keys, prob=flip_prob, spatial_axis=axis, allow_missing_keys=allow_missing_keys) for axis in range(3)
+    ]
+    steps += _typing(keys, label_key, track_meta)
+    return Compose(steps)
+
+
+def eval_transforms(
+    keys: Sequence[str] = ("image",),
+    label_key: str | None = "label",
+    cube_size: int = CUBE_SIZE,
+    pad_value: float = 0.0,
+    load: bool = True,
+    track_meta: bool = False,
+    allow_missing_keys: bool = False,
+) -> Compose:
+    """Deterministic chain for validation/testing: load and take the centred ``cube_size``³ cube.
+
+    Args:
+        keys: keys of the cubes (.npy paths when ``load``, else (X, Y, Z) arrays).
+        label_key: key of the class label made an int64 tensor; ``None`` for no label.
+        cube_size: output cube edge in voxels (paper: 32); larger inputs are centre-cropped, smaller ones padded.
+        pad_value: padding value in the cube's units.
+        load: read the cubes from .npy paths with ``NumpyReader``.
+        track_meta: keep MetaTensors.
+        allow_missing_keys: do not raise when a key is absent.
+
+    Returns:
+        ``Compose`` mapping ``{"image": path, "label": int}`` to ``{"image": (1, S, S, S) float32, "label": int64}``.
+    """
+    steps = _loading(keys, load, allow_missing_keys)
+    steps.append(
+        ResizeWithPadOrCropd(
+            keys, spatial_size=(cube_size,) * 3, value=pad_value, allow_missing_keys=allow_missing_keys
+        )
+    )
+    steps += _typing(keys, label_key, track_meta)
+    return Compose(steps)
