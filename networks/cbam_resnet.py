@@ -63,9 +63,9 @@ class CBAMResNet3D(nn.Module):
     Parameter count: Table 5's Model-1 ``[4,4,[4,4],[4,8],[8,8]]`` has 13,316 parameters here (0.013 M, linear head;
     13,314 with the angular head; 16,128 in the authors' layout), not the 0.14 M the table prints. No layout of
     Fig. 1-2 reaches 0.14 M with at most 8 channels: the largest convolution of Model-1 (8 -> 8, 3^3) holds 1,728
-    weights, and even if all of its 22 convolutions (CBAM's included) were that large they would hold < 40 k. The
-    table's 0.14 for Model-1 is therefore not a parameter count in millions of this spec (a different unit or a
-    typo); ``benchmarks/latency.py`` prints the count beside it.
+    weights; even if all 18 convolutions of its stages were that large they would hold 31 k, and CBAM (326 here)
+    and the head (18) add little. The table's 0.14 for Model-1 is therefore not a parameter count in millions of
+    this spec (a different unit or a typo); ``benchmarks/latency.py`` prints the count beside it.
 
     The head is a fully connected layer (``head="linear"``) or A-Softmax's :class:`AngularLinear`
     (``head="angular"``, the paper's choice, to be trained with ``AngularSoftmaxLoss``). In eval mode both return

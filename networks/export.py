@@ -6,21 +6,32 @@ import copy
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from monai.utils import look_up_option
 from naslung.pipeline.errors import ConfigError
 
-__all__ = ["to_torchscript", "load_torchscript", "to_onnx", "OnnxRuntimeModel"]
+__all__ = [
+    "INFERENCE_BACKENDS",
+    "to_torchscript",
+    "load_torchscript",
+    "to_onnx",
+    "OnnxRuntimeModel",
+    "inference_runner",
+]
+
+INFERENCE_BACKENDS = ("onnxruntime", "torchscript", "eager")
+"""Inference paths, fastest first on CPU for NAS-Lung's candidates (see ``benchmarks/latency.py``)."""
 
 logger = logging.getLogger(__name__)
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
-    """A CPU-independent deep copy of ``model`` in eval mode (the caller's module keeps its mode)."""
+    """A deep copy of ``model`` in eval mode (the caller's module keeps its mode and attributes)."""
     return copy.deepcopy(model).eval()
 
 
@@ -152,3 +163,51 @@ class OnnxRuntimeModel:
     def __call__(self, nodule_cubes: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) for ``nodule_cubes`` (B, C, *spatial) as a CPU tensor."""
         return torch.from_numpy(self.run(nodule_cubes.detach().cpu().numpy()))
+
+
+def inference_runner(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 32, 32, 32),
+    backend: str = "onnxruntime",
+    num_threads: int | None = None,
+    atol: float = 1e-4,
+    check_batch: int = 2,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A deployment callable ``nodule_cubes (B, C, *spatial) -> logits (B, K)`` checked against eager PyTorch.
+
+    ``"onnxruntime"`` (the default, fastest on CPU at batch 1 in ``benchmarks/latency.py``) and ``"torchscript"``
+    (frozen) are verified on a random batch to give the eval-mode eager logits within ``atol``; ``"eager"`` is
+    the model itself in eval mode (a copy).
+
+    Args:
+        model: the trained network; it is copied, not changed.
+        input_shape: shape of one nodule without the batch axis.
+        backend: one of :data:`INFERENCE_BACKENDS`.
+        num_threads: intra-op CPU threads of ONNX Runtime (``None``: its default).
+        atol: largest absolute logit difference accepted against eager.
+        check_batch: batch size of the equality check.
+
+    Raises:
+        ConfigError: for an unknown backend, or when the exported path differs from eager by more than ``atol``.
+    """
+    try:
+        backend = look_up_option(backend, INFERENCE_BACKENDS)
+    except ValueError:
+        raise ConfigError(f"inference backend {backend!r} is not supported; use one of {INFERENCE_BACKENDS}.") from None
+    eager = _eval_copy(model).cpu()
+    if backend == "eager":
+        return eager
+    runner: Callable[[torch.Tensor], torch.Tensor]
+    if backend == "torchscript":
+        runner = to_torchscript(eager)
+    else:
+        runner = OnnxRuntimeModel(to_onnx(eager, None, input_shape), num_threads=num_threads)
+    example = torch.rand((check_batch, *(int(s) for s in input_shape)), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        difference = (runner(example) - eager(example)).abs().max().item()
+    if not difference <= atol:
+        raise ConfigError(
+            f"{backend} inference differs from eager PyTorch by {difference:.3g} > {atol:g}; "
+            "deploy with backend='eager' or report the exporter issue."
+        )
+    return runner

@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
-
 from naslung.pipeline.errors import ConfigError
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["CostProfile", "count_parameters", "count_macs", "measure_latency_ms", "fixed_threads", "profile"]
 

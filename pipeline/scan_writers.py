@@ -99,7 +99,8 @@ def write_dicom_series(
 
     Pixels are stored with ``RescaleSlope`` 1 and ``RescaleIntercept`` -1024 (SimpleITK's GDCM writer takes
     HU and applies the inverse rescale), so ``stored * slope + intercept == HU``; HU is rounded and clipped
-    to int16. Slice ``k`` gets ``ImagePositionPatient`` = world position of voxel (0, 0, k).
+    to [-32768, 31743] (what int16 storage with that intercept can hold). Slice ``k`` gets
+    ``ImagePositionPatient`` = world position of voxel (0, 0, k).
 
     Args:
         hu: (X, Y, Z) volume in Hounsfield units, (x, y, z) = (column, row, slice) index order.
@@ -117,6 +118,11 @@ def write_dicom_series(
     Raises:
         DataError: bad shape, spacing or direction.
     """
+    hu_max = np.iinfo(np.int16).max + RESCALE_INTERCEPT  # stored = HU - intercept must fit int16
+    hu = np.asarray(hu)
+    if hu.size and float(hu.max()) > hu_max:
+        logger.warning("HU above %d cannot be stored with RescaleIntercept %d; clipped", hu_max, RESCALE_INTERCEPT)
+        hu = np.minimum(hu, hu_max)
     image = _as_image(hu, spacing_mm, origin_mm, direction)
     target = Path(out_dir)
     study = study_uid or _generate_uid()

@@ -6,6 +6,21 @@ margin, spiculation, lobulation and calcification driven by the readers' real ra
 positions, scan spacings and labels are real; the pixels are not. Accuracy measured on these images is a
 pipeline check only and is not comparable to the NAS-Lung paper's numbers on real LIDC-IDRI CT.
 
+Anatomy: an elliptical body (fat rim, vertebra), two superellipse lungs placed where LIDC-IDRI's nodule centroids
+lie (~-850 HU with correlated noise, denser posteriorly), a small lung pocket around nodules that fall outside them
+(they look juxtapleural), and per-scan branching vessel trees (+40 HU, thinner distally), shared by the cube and
+whole-scan renders of a scan.
+
+How the readers' ratings (median over readers; calcification: the most common pattern when at least half the
+readers saw one) drive the drawing of a nodule:
+
+- shape: the soft consensus (mean) of the readers' masks, thresholded at 0.5, as a smoothed signed distance;
+- texture 1..5: ground glass (~-620 HU, patchy) -> part solid (a solid core growing from the inside) -> solid (~+30 HU);
+- margin 1..5: edge blur from 2.2 mm (poorly defined) to 0.4 mm (sharp);
+- lobulation 1..5: lobes and notches of up to 0.45 x the equivalent radius;
+- spiculation 1..5: up to ~11 tapered strands reaching up to (4 + 0.7 r) mm beyond the surface;
+- calcification 1..6 (LIDC: popcorn, laminated, solid, non-central, central, absent): foci of ~+650 HU.
+
 Geometry: arrays are (x, y, z) = (column, row, slice) index order; world coordinates are LPS mm with an
 identity direction; a scan's frame is LUNA16-like: ``x0 = y0 = -pixel_spacing * 512 / 2`` and
 ``z0 = z_mm - k * slice_spacing`` so that a nodule's recorded ``z_mm`` is its world z.
@@ -444,9 +459,10 @@ def consensus_mask(annotation_ids: tuple[int, ...]) -> tuple[np.ndarray, tuple[i
     boxes = np.stack([a.bbox_matrix() for a in annotations])  # (n, 3, 2) inclusive, (row, col, slice)
     box = np.c_[boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)]
     masks = np.stack([a.boolean_mask(bbox=box) for a in annotations]).astype(np.float32)
-    soft = masks.mean(axis=0).transpose(1, 0, 2)  # (row, col, slice) -> (x, y, z)
+    soft = np.ascontiguousarray(masks.mean(axis=0).transpose(1, 0, 2))  # (row, col, slice) -> (x, y, z)
+    soft.setflags(write=False)  # shared through the cache
     start = (int(box[1, 0]), int(box[0, 0]), int(box[2, 0]))
-    return np.ascontiguousarray(soft), start
+    return soft, start
 
 
 def _sphere_mask(spec: NoduleSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -487,8 +503,9 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     lobul = float(np.clip((spec.lobulation - 1.0) / 4.0, 0.0, 1.0))
     sharp = float(np.clip((spec.margin - 1.0) / 4.0, 0.0, 1.0))
     edge_sigma = 2.2 - 1.8 * sharp  # mm: poorly defined (1) -> 2.2 mm blur, sharp (5) -> 0.4 mm
-    spike_len_max = (1.2 * (3.0 + 0.4 * r_eq)) * max(spic, 0.0)
-    pad_mm = spike_len_max + 3.0 * edge_sigma + 0.3 * r_eq * lobul + 2.0
+    spike_len_max = (4.0 + 0.7 * r_eq) * spic
+    lobe_amp = 0.45 * r_eq * lobul
+    pad_mm = spike_len_max + 3.0 * edge_sigma + lobe_amp + 2.0
     pad = np.ceil(pad_mm / spacing).astype(int) + 1
     core = np.pad(core, [(p, p) for p in pad])
     start_arr = np.asarray(start) - pad
@@ -507,8 +524,8 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     n_lobes = int(rng.integers(3, 7))
     lobe_dirs = _unit(rng.normal(size=(n_lobes, 3)))
     if lobul > 0:
-        bumps = sum(np.exp(((rel[0] * v[0] + rel[1] * v[1] + rel[2] * v[2]) / radial - 1.0) / 0.12) for v in lobe_dirs)
-        sd = sd - 0.3 * r_eq * lobul * np.minimum(bumps, 1.0)
+        bumps = sum(np.exp(((rel[0] * v[0] + rel[1] * v[1] + rel[2] * v[2]) / radial - 1.0) / 0.2) for v in lobe_dirs)
+        sd = sd - lobe_amp * (np.minimum(bumps, 1.0) - 0.35)  # lobes out, notches in between
     occupancy = (0.5 * special.erfc(sd / (np.sqrt(2.0) * edge_sigma))).astype(np.float32)
 
     # texture: ground glass (1) -> part solid (3) -> solid (5); a solid core grows from the inside
@@ -528,7 +545,7 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     # spiculation: thin tapered strands from inside the nodule out past its surface
     n_spikes = int(round(10.0 * spic + rng.uniform(0.0, 1.0) * (spic > 0)))
     if n_spikes:
-        dirs = _unit(rng.normal(size=(n_spikes, 3)) * np.array([1.0, 1.0, 0.6]))
+        dirs = _unit(rng.normal(size=(n_spikes, 3)) * np.array([1.0, 1.0, 0.35]))
         lengths = rng.uniform(0.5, 1.0, n_spikes) * spike_len_max
         base = centre_mm + dirs * 0.5 * r_eq
         tip = centre_mm + dirs * (r_eq + lengths)[:, None]

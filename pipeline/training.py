@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "train_folds",
     "predict",
     "fold_dir_name",
+    "spec_slug",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,21 @@ def load_train_config(
             raise ConfigError(f"unknown config key {key!r}; known top-level keys: {sorted(parser.config)}")
         parser[key] = value
     return parser.config
+
+
+def spec_slug(spec: Any) -> str:
+    """A filesystem-safe folder name for a network: ``"[4,4,[4,4],[4,8],[8,8]]"`` -> ``"4-4_4-4_4-8_8-8"``.
+
+    Specs (an :class:`~naslung.networks.ArchSpec`, its text or nested lists) map to their channels, stage by
+    stage; factory names (``"densenet121"``) are kept as they are.
+    """
+    from naslung.networks import ArchSpec
+
+    if isinstance(spec, str) and not spec.strip().startswith("["):
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.strip()).strip("-") or "network"
+    arch = ArchSpec.coerce(spec)
+    stem = f"{arch.stage1}-{arch.stage2}"
+    return "_".join([stem] + ["-".join(str(c) for c in stage) for stage in arch.stages])
 
 
 def fold_dir_name(test_fold: int | None) -> str:

@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .cbam import CBAM_ORDERS, CBAMBlock, ChannelAttention, SpatialAttention
+from .residual import ResidualBlock
+
+__all__ = ["CBAM_ORDERS", "CBAMBlock", "ChannelAttention", "SpatialAttention", "ResidualBlock"]

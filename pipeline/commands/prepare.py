@@ -122,7 +122,11 @@ def run_scans(args: argparse.Namespace) -> int:
         f"scans ({summary.cubes_written} cubes written, {summary.scans_unchanged} scans unchanged)"
     )
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary.reject_reasons.items()))
-    print(f"  scans rejected: {summary.scans_rejected}" + (f" ({reasons})" if reasons else "") + f"; see {summary.rejects}")
+    print(
+        f"  scans rejected: {summary.scans_rejected}"
+        + (f" ({reasons})" if reasons else "")
+        + f"; see {summary.rejects}"
+    )
     if summary.cohort_series_missing:
         print(f"  cohort series without a scan under the data path: {summary.cohort_series_missing}")
     if summary.annotation_far:

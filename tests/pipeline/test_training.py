@@ -102,3 +102,17 @@ def test_unknown_override_is_a_config_error():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_train_config(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "spec, slug",
+    [
+        ("[4,4,[4,4],[4,8],[8,8]]", "4-4_4-4_4-8_8-8"),
+        ([4, 4, [16], [32, 32], [64]], "4-4_16_32-32_64"),
+        ("densenet121", "densenet121"),
+    ],
+)
+def test_spec_slug(spec, slug):
+    from naslung.pipeline.training import spec_slug
+
+    assert spec_slug(spec) == slug

@@ -1,0 +1,129 @@
+"""Latency per nodule of NAS-Lung candidates on eager PyTorch, TorchScript and ONNX Runtime, side by side.
+
+Run: ``python benchmarks/latency.py [--threads 1] [--repeats 30] [--large-batch 64] [--spec "[4,4,...]" ...]``.
+
+For each spec it prints parameters, MACs per nodule and ms per nodule at batch 1 and at the large batch for the
+three inference paths, each path's largest logit difference from eager, and the speed-up of the fastest path over
+eager. A square fp32 GEMM timed in the same run gives this machine's compute rate, against which the fastest path's
+time is compared (MACs per nodule / GEMM rate = the time a path would need at GEMM efficiency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import warnings
+
+import torch
+from naslung.networks import (
+    OnnxRuntimeModel,
+    build_network,
+    count_macs,
+    count_parameters,
+    fixed_threads,
+    measure_latency_ms,
+    to_onnx,
+    to_torchscript,
+)
+
+__all__ = ["main"]
+
+PAPER_MODEL_1 = "[4,4,[4,4],[4,8],[8,8]]"
+SPEC_2M = "[4,4,[16,32],[64,64],[128,128]]"  # about 2.0 M parameters, inside eq. (5)-(6)
+PAPER_PARAMS_M = {PAPER_MODEL_1: 0.14}  # Table 5
+
+
+def gemm_macs_per_s(size: int = 1024, repeats: int = 10) -> float:
+    """Multiply-accumulates per second of a ``size`` x ``size`` fp32 matrix product on this CPU."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand((size, size), generator=generator)
+    b = torch.rand((size, size), generator=generator)
+    ms = measure_latency_ms(lambda x: torch.mm(x, b), a, warmup=3, repeats=repeats)
+    return size**3 / (ms / 1e3)
+
+
+def randomise_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give batch norms non-trivial statistics and affine weights, as after training, so equality checks bite."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            module.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+            module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
+
+
+def bench_spec(spec: str, args: argparse.Namespace, gemm_rate: float) -> None:
+    shape = (1, 32, 32, 32)
+    torch.manual_seed(0)
+    model = build_network(spec, head="angular").eval()
+    randomise_norms(model)
+    params = count_parameters(model)
+    macs = count_macs(model, shape)
+    paper = PAPER_PARAMS_M.get(spec)
+    paper_text = f" (paper Table 5: {paper} M)" if paper is not None else ""
+    print(f"\n{spec}: {params:,} parameters = {params / 1e6:.4f} M{paper_text}; {macs / 1e6:.1f} M MACs per nodule")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = {
+            "eager": model,
+            "torchscript": to_torchscript(model),
+            "onnxruntime": OnnxRuntimeModel(to_onnx(model, None, shape), num_threads=args.threads),
+        }
+    generator = torch.Generator().manual_seed(1)
+    single = torch.rand((1, *shape), generator=generator)
+    batch = torch.rand((args.large_batch, *shape), generator=generator)
+    with torch.inference_mode():
+        reference = model(batch)
+    results = {}
+    for name, run in paths.items():
+        with torch.inference_mode():
+            difference = (run(batch) - reference).abs().max().item()
+        ms1 = measure_latency_ms(run, single, warmup=5, repeats=args.repeats)
+        msb = measure_latency_ms(run, batch, warmup=2, repeats=max(3, args.repeats // 3)) / args.large_batch
+        results[name] = (ms1, msb, difference)
+
+    eager1, eagerb, _ = results["eager"]
+    header = f"  {'path':<12} {'ms/nodule b=1':>14} {f'ms/nodule b={args.large_batch}':>15} {'x eager b=1':>12}"
+    print(header + f" {f'x eager b={args.large_batch}':>13} {'max|dlogit|':>12}")
+    for name, (ms1, msb, difference) in results.items():
+        print(f"  {name:<12} {ms1:>14.3f} {msb:>15.3f} {eager1 / ms1:>12.2f} {eagerb / msb:>13.2f} {difference:>12.1e}")
+    equal = {name: r for name, r in results.items() if r[2] <= 1e-4}
+    fastest = min(equal, key=lambda name: equal[name][0])
+    fastest_b = min(equal, key=lambda name: equal[name][1])
+    ideal_ms = macs / gemm_rate * 1e3
+    print(
+        f"  fastest numerically equal path at b=1: {fastest}, {eager1 / equal[fastest][0]:.2f}x over eager "
+        f"(goal >= 2x); at b={args.large_batch}: {fastest_b}, {eagerb / equal[fastest_b][1]:.2f}x"
+    )
+    print(
+        f"  compute limit: {macs / 1e6:.1f} M MACs at the GEMM rate take {ideal_ms:.3f} ms per nodule; "
+        f"{fastest} at b=1 is {equal[fastest][0] / ideal_ms:.0f}x that ({100 * ideal_ms / equal[fastest][0]:.1f}% of "
+        f"GEMM rate), {fastest_b} at b={args.large_batch} {equal[fastest_b][1] / ideal_ms:.1f}x "
+        f"({100 * ideal_ms / equal[fastest_b][1]:.1f}%)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and ONNX Runtime (fixed)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1 (median reported)")
+    parser.add_argument("--large-batch", type=int, default=64)
+    parser.add_argument("--spec", action="append", help="spec(s) to time; default: Model-1 and a ~2M spec")
+    args = parser.parse_args(argv)
+    specs = args.spec or [PAPER_MODEL_1, SPEC_2M]
+    with fixed_threads(args.threads):
+        gemm_rate = gemm_macs_per_s()
+        print(
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{torch.get_num_threads()} thread(s); fp32 GEMM 1024^3: {gemm_rate / 1e9:.1f} G MAC/s"
+        )
+        for spec in specs:
+            bench_spec(spec, args, gemm_rate)
+
+
+if __name__ == "__main__":
+    main()

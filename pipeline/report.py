@@ -1,0 +1,230 @@
+"""The run report: one Markdown and one HTML file a person reads first, assembled from a run directory's outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from naslung.pipeline.atomic_io import atomic_open
+
+__all__ = ["build_report", "REPORT_SECTIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: Section titles in report order (tests check that each is present).
+REPORT_SECTIONS: tuple[str, ...] = (
+    "Cohort",
+    "Architecture search",
+    "Cross-validated results",
+    "Comparison with the paper",
+    "Ensemble size",
+    "Ablation",
+    "Feature discriminability",
+    "Attention and Grad-CAM",
+    "Latency and parameters",
+    "Bundles",
+)
+
+_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _pct(value: Any) -> str:
+    try:
+        return f"{100 * float(value):.2f}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def _figure(run: Path, relative: str, caption: str) -> str:
+    return (
+        f"![{caption}]({relative})\n\n*{caption}*\n" if (run / relative).is_file() else f"*{caption}: not produced.*\n"
+    )
+
+
+def _not_run(step: str, command: str) -> str:
+    return f"*This step has not run yet: `{command}`.*\n"
+
+
+def _cohort(run: Path) -> str:
+    rows = _read_csv(run / "data" / "manifest.csv")
+    if not rows:
+        return _not_run("prepare", "naslung prepare embedded --out RUN/data")
+    labels = Counter(int(r["label"]) for r in rows)
+    folds = Counter(int(r["fold"]) for r in rows)
+    sources = Counter(r.get("source", "unknown") for r in rows)
+    lines = [
+        f"- nodules: **{len(rows)}** ({labels[1]} malignant, {labels[0]} benign); "
+        f"patients: {len({r['patient_id'] for r in rows})}; scans: {len({r['series_uid'] for r in rows})}",
+        f"- images: {', '.join(f'{k} ({v})' for k, v in sources.items())}",
+        "- nodules per fold: " + ", ".join(f"{f}: {folds[f]}" for f in sorted(folds)),
+        "- the paper reports 1,004 nodules, 450 malignant (LIDC-IDRI with LUNA16's selection).",
+    ]
+    if "embedded" in sources:
+        lines.append(
+            "- **The images are synthetic** (rendered from the real LIDC-IDRI annotations and ratings): "
+            "accuracy on them is not comparable to the paper's."
+        )
+    rejects = _read_csv(run / "data" / "rejects.csv")
+    if rejects:
+        lines.append(f"- scans rejected: {len(rejects)} (see `data/rejects.csv`)")
+    return "\n".join(lines) + "\n"
+
+
+def _search(run: Path) -> str:
+    journal = run / "search" / "journal.jsonl"
+    if not journal.is_file():
+        return _not_run("search", "naslung search --out RUN/search")
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    summary = _read_json(run / "search" / "summary.json") or {}
+    selected = (_read_json(run / "search" / "selected.json") or {}).get("specs", [])
+    lines = [f"- candidates trained: **{len(records)}**"]
+    for key in ("space_size", "pruned", "remaining", "stop_reason", "seconds"):
+        if key in summary:
+            lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
+    if selected:
+        lines.append("- selected for retraining: " + ", ".join(f"`{s}`" for s in selected))
+    pareto = _read_csv(run / "search" / "pareto.csv")
+    if pareto:
+        lines += ["", "| spec | params | latency ms | val F1 | val accuracy |", "|---|---:|---:|---:|---:|"]
+        for row in pareto:
+            lines.append(
+                f"| `{row.get('spec')}` | {row.get('params', '–')} | {float(row.get('latency_ms', 'nan')):.3f} | "
+                f"{_pct(row.get('f1'))} | {_pct(row.get('accuracy'))} |"
+            )
+    lines += ["", _figure(run, "search/pareto.png", "Latency against validation F1 of every trained candidate")]
+    return "\n".join(lines) + "\n"
+
+
+def _cv(run: Path) -> str:
+    train_dir = run / "train"
+    members = sorted(p for p in train_dir.glob("*") if (p / "cv_metrics.json").is_file()) if train_dir.is_dir() else []
+    ensemble = _read_json(run / "ensemble" / "metrics.json")
+    if not members and not ensemble:
+        return _not_run("train", "naslung train --data RUN/data --out RUN/train/SLUG --arch SPEC")
+    lines = ["Test-fold metrics (%), mean ± std over the held-out folds:", ""]
+    lines += ["| network | folds | " + " | ".join(_METRICS) + " |", "|---|---|" + "---:|" * len(_METRICS)]
+    for member in members:
+        cv = _read_json(member / "cv_metrics.json") or {}
+        summary = cv.get("summary", {})
+        cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]
+        lines.append(f"| `{member.name}` | {cv.get('folds')} | " + " | ".join(cells) + " |")
+    if ensemble:
+        summary = ensemble.get("summary", ensemble)
+        cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]
+        lines.append(f"| **ensemble** | {ensemble.get('folds', '')} | " + " | ".join(cells) + " |")
+    per_fold = _read_csv(run / "ensemble" / "per_fold.csv")
+    if per_fold:
+        lines += ["", "Ensemble per fold:", "", "| fold | " + " | ".join(_METRICS) + " |", "|---|" + "---:|" * 5]
+        for row in per_fold:
+            lines.append(f"| {row.get('fold')} | " + " | ".join(_pct(row.get(m)) for m in _METRICS) + " |")
+    curves = sorted(run.glob("analysis/training_curves*.png"))
+    for path in curves[:3]:
+        lines += ["", _figure(run, str(path.relative_to(run)), f"Training curves ({path.stem})")]
+    return "\n".join(lines) + "\n"
+
+
+def _include(run: Path, relative: str, command: str) -> str:
+    path = run / relative
+    return path.read_text() + "\n" if path.is_file() else _not_run(relative, command)
+
+
+def _latency(run: Path) -> str:
+    rows = _read_csv(run / "ensemble" / "results_table.csv")
+    ours = [r for r in rows if r.get("source") == "ours"]
+    if not ours:
+        return _not_run("ensemble", "naslung ensemble --run RUN")
+    lines = ["| network | parameters | latency ms / nodule |", "|---|---:|---:|"]
+    for row in ours:
+        lines.append(f"| {row.get('method')} | {row.get('params', '–')} | {row.get('latency_ms', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _bundles(run: Path) -> str:
+    root = run / "bundles"
+    bundles = sorted(p for p in root.glob("*") if (p / "configs" / "metadata.json").is_file()) if root.is_dir() else []
+    if not bundles:
+        return _not_run("export-bundle", "naslung export-bundle --run RUN --out RUN/bundles/NAME")
+    lines = []
+    for bundle in bundles:
+        lines.append(f"- `{bundle.relative_to(run)}`: run it with")
+        lines.append(
+            f"  `python -m monai.bundle run --config_file {bundle}/configs/inference.json "
+            f"--bundle_root {bundle} --datalist DATALIST.json --output_dir OUT`"
+        )
+    smoke = _read_json(root / "smoke.json")
+    if smoke:
+        lines.append(
+            f"- smoke check of the exported inference bundle: {smoke.get('status')} ({smoke.get('detail', '')})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_report(run_dir: str | os.PathLike, title: str = "naslung run report") -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` and ``run_dir/report.html`` from whatever steps have produced.
+
+    Each section shows its step's numbers and figures, or says which command produces it. Figures are linked
+    by relative path so the folder can be moved or zipped.
+
+    Returns:
+        the Markdown and HTML paths.
+    """
+    run = Path(run_dir)
+    sections = {
+        "Cohort": _cohort(run),
+        "Architecture search": _search(run),
+        "Cross-validated results": _cv(run),
+        "Comparison with the paper": _include(run, "ensemble/results_table.md", "naslung ensemble --run RUN"),
+        "Ensemble size": _figure(run, "ensemble/ensemble_size.png", "Metrics against ensemble size (Fig. 7)"),
+        "Ablation": _include(run, "analysis/ablation.md", "naslung evaluate --run RUN"),
+        "Feature discriminability": _include(run, "analysis/discriminability.md", "naslung evaluate --run RUN")
+        + "\n"
+        + _figure(run, "analysis/tsne.png", "t-SNE of penultimate features (Fig. 6)"),
+        "Attention and Grad-CAM": _figure(run, "analysis/attention.png", "Stage-2 spatial attention (Fig. 5)")
+        + "\n"
+        + _figure(run, "analysis/gradcam.png", "Grad-CAM of the last stage"),
+        "Latency and parameters": _latency(run),
+        "Bundles": _bundles(run),
+    }
+    text = [f"# {title}", "", f"Run directory: `{run.resolve()}`", ""]
+    for name in REPORT_SECTIONS:
+        text += [f"## {name}", "", sections[name]]
+    markdown_text = "\n".join(text)
+    md_path, html_path = run / "report.md", run / "report.html"
+    with atomic_open(md_path, "w") as handle:
+        handle.write(markdown_text)
+    with atomic_open(html_path, "w") as handle:
+        handle.write(_to_html(markdown_text, title))
+    logger.info("report written to %s", md_path)
+    return md_path, html_path
+
+
+def _to_html(markdown_text: str, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.25em .6em}"
+        "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
+    )
+    head = f"<meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
