@@ -16,6 +16,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "naslung.pipeline.commands.prepare",
     "naslung.pipeline.commands.train",
+    "naslung.pipeline.commands.search",
 )
 
 

@@ -291,7 +291,9 @@ def _walk(data: Path) -> Iterator[tuple[Path, list[str]]]:
         yield Path(root), sorted(f for f in files if not f.startswith("."))
 
 
-def _discover_dicom(data: Path, state: Mapping[str, Mapping[str, Any]]) -> tuple[list[_ScanJob], list[dict[str, Any]]]:
+def _discover_dicom(
+    data: Path, state: Mapping[str, Mapping[str, Any]], progress: Progress = no_progress
+) -> tuple[list[_ScanJob], list[dict[str, Any]]]:
     """One job per (folder, series) in any folder tree holding DICOM files.
 
     Returns:
@@ -299,9 +301,8 @@ def _discover_dicom(data: Path, state: Mapping[str, Mapping[str, Any]]) -> tuple
     """
     jobs: list[_ScanJob] = []
     listed: list[dict[str, Any]] = []
-    for folder, names in _walk(data):
-        if not names:
-            continue
+    folders = [(folder, names) for folder, names in _walk(data) if names]
+    for folder, names in progress(folders, total=len(folders), desc="finding DICOM series"):
         if not _has_dicom_files(names) and not any(is_dicom_file(folder / n) for n in names[:5]):
             continue
         files = _folder_files(folder)
@@ -562,7 +563,7 @@ def prepare_scans(
     with contextlib.ExitStack() as stack:
         missing: list[str] = []
         if kind == "dicom":
-            jobs, listed = _discover_dicom(data_path, state)
+            jobs, listed = _discover_dicom(data_path, state, progress)
             for folder_record in listed:
                 append_jsonl(out / STATE_NAME, folder_record)
         elif kind == "luna16":

@@ -1,0 +1,425 @@
+"""The ``naslung ensemble`` step: majority-vote ensembles of the networks trained in a run directory, the
+ensemble-size study (Fig. 7) and the Table 1-style results table beside the paper's published rows.
+
+Reads ``RUN/train/<slug>/fold_<k>/test_predictions.csv`` (one file per network and held-out fold) and writes::
+
+    RUN/ensemble/fold_<k>/predictions.csv   per nodule: each member's probability, votes, vote fraction, mean
+                                            probability, prediction, correct, disagreement
+    RUN/ensemble/per_fold.csv               the ensemble's metrics on each held-out fold
+    RUN/ensemble/metrics.json               members, per-fold and mean ± std metrics, parameters, latency
+    RUN/ensemble/ensemble_size.csv/.png     metrics against the number of members (random draws)
+    RUN/ensemble/results_table.md/.csv      ours (ensemble and single networks) beside the published Table 1 and 5
+
+Which networks form the ensemble is fixed before any test fold is looked at (``--members``, else the search's
+``selected.json``, else every trained network); the held-out folds only score it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from naslung.pipeline.atomic_io import write_csv, write_json
+from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_ensemble_table
+from naslung.pipeline.errors import DataError
+from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
+from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.steps import fingerprint, is_done, mark_done
+
+__all__ = [
+    "ENSEMBLE_DIR",
+    "ENSEMBLE_OUTPUTS",
+    "ENSEMBLE_SIZES",
+    "PER_FOLD_FIELDS",
+    "EnsembleMember",
+    "find_members",
+    "read_test_predictions",
+    "fold_probabilities",
+    "member_cost",
+    "run_ensemble_step",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the step's outputs inside a run directory.
+ENSEMBLE_DIR = "ensemble"
+#: Ensemble sizes of the paper's Fig. 7 (sizes above the number of members are dropped).
+ENSEMBLE_SIZES: tuple[int, ...] = (1, 3, 5, 7, 9)
+#: Outputs (relative to ``RUN/ensemble``) every finished step leaves, besides ``fold_<k>/predictions.csv``.
+ENSEMBLE_OUTPUTS: tuple[str, ...] = (
+    "metrics.json",
+    "per_fold.csv",
+    "ensemble_size.csv",
+    "ensemble_size.png",
+    "results_table.md",
+    "results_table.csv",
+)
+#: Columns of ``per_fold.csv``.
+PER_FOLD_FIELDS: tuple[str, ...] = ("fold", *BINARY_METRICS, "tp", "fp", "tn", "fn", "n", "disagreements")
+
+_PREDICTION_COLUMNS = ("nodule_id", "label", "probability")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleMember:
+    """One trained network of a run directory.
+
+    Args:
+        slug: its folder name under ``RUN/train``.
+        directory: ``RUN/train/<slug>``.
+        spec: the architecture (``arch`` of its training config; the slug when unknown).
+        folds: held-out folds with ``test_predictions.csv``.
+    """
+
+    slug: str
+    directory: Path
+    spec: str
+    folds: tuple[int, ...]
+
+    def predictions_path(self, fold: int) -> Path:
+        """``RUN/train/<slug>/fold_<fold>/test_predictions.csv``."""
+        return self.directory / f"fold_{fold}" / "test_predictions.csv"
+
+
+def _member_folds(directory: Path) -> tuple[int, ...]:
+    folds = []
+    for fold_dir in directory.glob("fold_*"):
+        suffix = fold_dir.name.removeprefix("fold_")
+        if suffix.isdigit() and (fold_dir / "test_predictions.csv").is_file():
+            folds.append(int(suffix))
+    return tuple(sorted(folds))
+
+
+def _member_spec(directory: Path, folds: Sequence[int]) -> str:
+    for fold in folds:
+        config = directory / f"fold_{fold}" / "config.json"
+        try:
+            arch = json.loads(config.read_text()).get("arch")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if arch:
+            return str(arch)
+    return directory.name
+
+
+def _selected_slugs(run: Path) -> list[str]:
+    from naslung.pipeline.training import spec_slug
+
+    selected = run / "search" / "selected.json"
+    if not selected.is_file():
+        return []
+    try:
+        specs = json.loads(selected.read_text()).get("specs", [])
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(selected)) from err
+    return [spec_slug(spec) for spec in specs]
+
+
+def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = None) -> list[EnsembleMember]:
+    """The networks of ``RUN/train`` that form the ensemble.
+
+    Members are, in this order of precedence: ``members`` (folder names or architecture specs, mapped with
+    :func:`naslung.pipeline.training.spec_slug`); the specs of ``RUN/search/selected.json`` that have been
+    trained; every folder of ``RUN/train`` holding test predictions. None of these choices looks at a test fold.
+
+    Raises:
+        DataError: when ``RUN/train`` holds no trained network, a named member has no test predictions, or the
+            members share no held-out fold.
+    """
+    from naslung.pipeline.training import spec_slug
+
+    run = Path(run_dir)
+    train_dir = run / "train"
+    trained = (
+        {p.name: p for p in sorted(train_dir.iterdir()) if p.is_dir() and _member_folds(p)}
+        if train_dir.is_dir()
+        else {}
+    )
+    if not trained:
+        raise DataError(
+            "no trained network with test predictions; run `naslung train --data RUN/data --out RUN/train/SLUG` "
+            "first",
+            path=str(train_dir),
+        )
+    if members:
+        slugs = []
+        for name in members:
+            slug = name if name in trained else spec_slug(name)
+            if slug not in trained:
+                raise DataError(
+                    f"member {name!r} (folder {slug!r}) has no fold_<k>/test_predictions.csv; trained networks: "
+                    f"{sorted(trained)}",
+                    path=str(train_dir),
+                )
+            slugs.append(slug)
+    else:
+        selected = [slug for slug in _selected_slugs(run) if slug in trained]
+        missing = [slug for slug in _selected_slugs(run) if slug not in trained]
+        if missing:
+            logger.warning("selected specs not trained yet, left out of the ensemble: %s", missing)
+        slugs = selected or sorted(trained)
+    if len(set(slugs)) != len(slugs):
+        raise DataError(f"members {slugs} name the same network twice; list each once")
+    found = []
+    for slug in slugs:
+        folds = _member_folds(trained[slug])
+        found.append(EnsembleMember(slug, trained[slug], _member_spec(trained[slug], folds), folds))
+    common = set(found[0].folds).intersection(*(m.folds for m in found[1:]))
+    if not common:
+        raise DataError(
+            "the members share no held-out fold: " + "; ".join(f"{m.slug}: {list(m.folds)}" for m in found),
+            path=str(train_dir),
+        )
+    for member in found:
+        if set(member.folds) != common:
+            logger.warning(
+                "%s has folds %s; the ensemble uses the folds all members share: %s",
+                member.slug,
+                list(member.folds),
+                sorted(common),
+            )
+    return [dataclasses.replace(m, folds=tuple(sorted(common))) for m in found]
+
+
+def read_test_predictions(path: str | os.PathLike) -> dict[str, tuple[int, float]]:
+    """``{nodule_id: (label, probability of malignancy)}`` from a ``test_predictions.csv``.
+
+    Raises:
+        DataError: a missing column, a duplicate nodule, or a label/probability that does not parse.
+    """
+    source = Path(path)
+    with open(source, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in _PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"missing column(s) {missing}; expected {list(_PREDICTION_COLUMNS)}", path=str(source))
+        rows: dict[str, tuple[int, float]] = {}
+        for line, row in enumerate(reader, start=2):
+            nodule_id = row["nodule_id"]
+            if nodule_id in rows:
+                raise DataError(f"line {line}: nodule {nodule_id!r} appears twice", path=str(source))
+            try:
+                rows[nodule_id] = (int(float(row["label"])), float(row["probability"]))
+            except ValueError:
+                raise DataError(
+                    f"line {line}: label {row['label']!r} / probability {row['probability']!r} are not numbers",
+                    path=str(source),
+                ) from None
+    if not rows:
+        raise DataError("no predictions; re-run the training of this fold", path=str(source))
+    return rows
+
+
+def fold_probabilities(members: Sequence[EnsembleMember], fold: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The members' test predictions on one held-out fold, aligned by nodule.
+
+    Returns:
+        ``(nodule_ids, labels, probabilities)``: ids sorted, ``(n_nodules,)`` labels and ``(n_members,
+        n_nodules)`` probabilities of malignancy.
+
+    Raises:
+        DataError: when the members predicted different nodules or disagree on a label.
+    """
+    tables = [read_test_predictions(m.predictions_path(fold)) for m in members]
+    ids = sorted(tables[0])
+    for member, table in zip(members[1:], tables[1:], strict=True):
+        if set(table) != set(ids):
+            extra, lacking = sorted(set(table) - set(ids))[:3], sorted(set(ids) - set(table))[:3]
+            raise DataError(
+                f"fold {fold}: {member.slug} predicted other nodules than {members[0].slug} (extra {extra}, "
+                f"missing {lacking}); retrain both on the same manifest",
+                path=str(member.predictions_path(fold)),
+            )
+        bad = [i for i in ids if table[i][0] != tables[0][i][0]]
+        if bad:
+            raise DataError(
+                f"fold {fold}: labels differ from {members[0].slug}'s for {bad[:3]}; retrain on the same manifest",
+                path=str(member.predictions_path(fold)),
+            )
+    labels = np.array([tables[0][i][0] for i in ids], dtype=np.int64)
+    matrix = np.array([[table[i][1] for i in ids] for table in tables], dtype=np.float64)
+    return ids, labels, matrix
+
+
+def member_cost(member: EnsembleMember, latency: bool = True, input_shape: Sequence[int] = (1, 32, 32, 32)) -> dict:
+    """Parameters and CPU latency (batch 1, ms per nodule) of a member's trained network.
+
+    The network is rebuilt from its first fold's ``config.json`` and ``best_model.pt`` (see
+    :func:`naslung.pipeline.analysis.load_trained_network`); latency comes from
+    :func:`naslung.networks.profile` on one CPU thread. When the network cannot be rebuilt the parameters are
+    counted from the checkpoint's tensors (running statistics excluded) and latency is left empty.
+
+    Returns:
+        ``{"params": int | None, "latency_ms": float | None}``.
+    """
+    import torch
+    from naslung.networks import count_parameters, profile
+    from naslung.pipeline.analysis import load_trained_network
+
+    fold_dir = member.directory / f"fold_{member.folds[0]}"
+    try:
+        network = load_trained_network(fold_dir, device="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure here only costs the latency column
+        logger.warning("cannot rebuild %s (%s); counting parameters from its checkpoint", fold_dir, err)
+        checkpoint = fold_dir / "checkpoints" / "best_model.pt"
+        if not checkpoint.is_file():
+            return {"params": None, "latency_ms": None}
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        skipped = ("running_mean", "running_var", "num_batches_tracked")
+        params = sum(v.numel() for k, v in state.items() if not k.endswith(skipped))
+        return {"params": int(params), "latency_ms": None}
+    cost: dict[str, Any] = {"params": count_parameters(network), "latency_ms": None}
+    if latency:
+        measured = profile(network, input_shape, device="cpu", large_batch=1, warmup=3, repeats=10, num_threads=1)
+        cost["latency_ms"] = measured.latency_ms_per_nodule
+    return cost
+
+
+def _stamp(path: Path) -> list:
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _fold_row(fold: int, labels: np.ndarray, matrix: np.ndarray, threshold: float) -> dict[str, Any]:
+    vote = majority_vote(matrix, threshold)
+    metrics = binary_metrics(labels, vote["mean_probability"], threshold, y_pred=vote["prediction"])
+    row: dict[str, Any] = {"fold": fold}
+    row.update({key: metrics[key] for key in PER_FOLD_FIELDS if key in metrics})
+    row["disagreements"] = int(vote["disagreement"].sum())
+    return row
+
+
+def run_ensemble_step(
+    run_dir: str | os.PathLike,
+    members: Sequence[str] | None = None,
+    sizes: Sequence[int] = ENSEMBLE_SIZES,
+    draws: int = 10,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    latency: bool = True,
+    force: bool = False,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Combine the trained networks of ``run_dir`` by majority vote and write ``RUN/ensemble`` (module docstring).
+
+    Each member's probability is thresholded at ``threshold`` (strictly greater is a malignant vote); a nodule is
+    malignant when more than ``floor(n / 2)`` of the ``n`` members vote so (paper Sec. 3.5). The mean probability
+    (used for the AUC) and the vote fraction are kept per nodule as a measure of uncertainty, and nodules on which
+    the members disagree are flagged. Metrics are computed per held-out fold, then summarised as mean ± sample
+    std over folds. The ensemble-size study draws ``n`` of the members at random ``draws`` times for each
+    ``n`` in ``sizes`` not above the number of members. The step is skipped when its inputs are unchanged.
+
+    Args:
+        run_dir: the run directory (``RUN``).
+        members: folder names or specs of the members (default: see :func:`find_members`).
+        sizes: ensemble sizes of the study (paper: 1, 3, 5, 7, 9).
+        draws: random subsets per size (paper: 10).
+        seed: seed of the subset draws.
+        threshold: each member's decision threshold.
+        latency: measure each member's CPU latency (off: parameters only).
+        force: recompute even when up to date.
+        progress: wraps the loops over members and sizes.
+
+    Returns:
+        the content of ``metrics.json`` plus ``"skipped": bool``.
+
+    Raises:
+        DataError: see :func:`find_members` and :func:`fold_probabilities`.
+    """
+    from naslung.pipeline.figures import plot_ensemble_size
+    from naslung.pipeline.published import write_results_table
+
+    run = Path(run_dir)
+    out = run / ENSEMBLE_DIR
+    found = find_members(run, members)
+    folds = list(found[0].folds)
+    stamps = [_stamp(m.predictions_path(f)) for m in found for f in folds]
+    settings = {"sizes": list(sizes), "draws": draws, "seed": seed, "threshold": threshold, "latency": latency}
+    digest = fingerprint(stamps, settings, [m.slug for m in found])
+    if not force and is_done(out, digest):
+        logger.info("%s is up to date; skipping", out)
+        return {**json.loads((out / "metrics.json").read_text()), "skipped": True}
+
+    names = [m.slug for m in found]
+    per_fold, member_folds = [], {m.slug: [] for m in found}
+    all_ids, all_labels, all_folds, all_probs = [], [], [], []
+    for fold in progress(folds, total=len(folds), desc="ensemble folds"):
+        ids, labels, matrix = fold_probabilities(found, fold)
+        write_ensemble_table(out / f"fold_{fold}" / "predictions.csv", ids, labels, matrix, names, threshold)
+        per_fold.append(_fold_row(fold, labels, matrix, threshold))
+        for member, probs in zip(found, matrix, strict=True):
+            member_folds[member.slug].append({"fold": fold, **binary_metrics(labels, probs, threshold)})
+        all_ids += ids
+        all_labels.append(labels)
+        all_folds.append(np.full(len(ids), fold))
+        all_probs.append(matrix)
+    write_csv(out / "per_fold.csv", per_fold, PER_FOLD_FIELDS)
+    summary = summarise_folds(per_fold, keys=BINARY_METRICS)
+
+    labels_all, folds_all = np.concatenate(all_labels), np.concatenate(all_folds)
+    probs_all = np.concatenate(all_probs, axis=1)
+    used_sizes = [int(s) for s in sizes if 1 <= int(s) <= len(found)]
+    if len(used_sizes) < len(list(sizes)):
+        logger.info("ensemble-size study: %d members, sizes %s only", len(found), used_sizes)
+    size_rows = ensemble_size_study(
+        probs_all, labels_all, used_sizes, draws, seed, threshold, folds=folds_all, progress=progress
+    )
+    size_fields = ["size", "draws"] + [f"{m}_{s}" for m in BINARY_METRICS for s in ("mean", "std")]
+    write_csv(out / "ensemble_size.csv", size_rows, size_fields)
+    plot_ensemble_size(
+        size_rows, out / "ensemble_size.png", title=f"Ensemble size study ({len(found)} members, folds {folds})"
+    )
+
+    member_records = []
+    for member in progress(found, total=len(found), desc="member cost"):
+        cost = member_cost(member, latency=latency)
+        member_records.append(
+            {
+                "slug": member.slug,
+                "spec": member.spec,
+                **cost,
+                "summary": summarise_folds(member_folds[member.slug], keys=BINARY_METRICS),
+                "per_fold": member_folds[member.slug],
+            }
+        )
+    params = [r["params"] for r in member_records]
+    latencies = [r["latency_ms"] for r in member_records]
+    total_params = int(sum(params)) if all(p is not None for p in params) else None
+    total_latency = float(sum(latencies)) if all(v is not None for v in latencies) else None
+
+    ours = [{"method": f"Ensemble of {len(found)} (ours)", **summary, "params": total_params, "latency_ms": total_latency}]
+    ours += [
+        {"method": f"{r['spec']} (ours)", **r["summary"], "params": r["params"], "latency_ms": r["latency_ms"]}
+        for r in member_records
+    ]
+    write_results_table(ours, out / "results_table.md", out / "results_table.csv", tables=("table1", "table5"))
+
+    pooled_vote = majority_vote(probs_all, threshold)
+    result = {
+        "members": member_records,
+        "n_members": len(found),
+        "folds": folds,
+        "threshold": threshold,
+        "rule": f"majority vote: malignant when more than {len(found) // 2} of {len(found)} members have p > {threshold}",
+        "per_fold": per_fold,
+        "summary": summary,
+        "n_nodules": len(all_ids),
+        "n_disagreements": int(pooled_vote["disagreement"].sum()),
+        "params": total_params,
+        "latency_ms": total_latency,
+        "ensemble_size": size_rows,
+    }
+    write_json(out / "metrics.json", result)
+    outputs = list(ENSEMBLE_OUTPUTS) + [f"fold_{f}/predictions.csv" for f in folds]
+    mark_done(out, digest, outputs, {k: summary.get(f"{k}_mean") for k in BINARY_METRICS})
+    logger.info(
+        "ensemble of %d on folds %s: F1 %.4f ± %.4f", len(found), folds, summary["f1_mean"], summary["f1_std"]
+    )
+    return {**result, "skipped": False}

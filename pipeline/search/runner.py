@@ -1,0 +1,368 @@
+"""The search step of a run directory: POP over real training and latency, then the Pareto front and the selection.
+
+``run_search_step(out_dir, config, overrides, data_dir)`` reads the search config (``pipeline/configs/search.json``
+merged with a user file and overrides), trains candidates on the search folds (every fold not in ``test_folds``:
+the evaluation folds are never seen by the search), and writes into ``out_dir``::
+
+    journal.jsonl            one record per trained candidate (spec, params, macs, latency_ms, f1, accuracy, ...)
+    journal.latency.jsonl    latencies measured to prune untrained candidates (replayed on resume)
+    settings.json            what the journal depends on; a resume with other settings is refused
+    candidates/<slug>/all/   each candidate's training folder (checkpoints, history, metrics)
+    pareto.csv               the Pareto front (lower latency, higher validation F1), sorted by latency
+    pareto.png               Fig. 4-style scatter of latency against F1 and accuracy, front highlighted
+    selected.json            {"specs": [...]}: the top-n candidates by F1 within the latency budget, for retraining
+    summary.json, done.json  counts and timings; the marker that makes an identical re-run a no-op
+
+A killed search resumes from the journal when the same command runs again: finished candidates are not trained
+again, an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.errors import ConfigError, SearchError
+from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.candidate import CandidateEvaluator, CandidateProfiler, search_datalist
+from naslung.pipeline.search.executors import make_executor
+from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
+from naslung.pipeline.search.pareto import pareto_front
+from naslung.pipeline.search.pop import run_search
+from naslung.pipeline.search.space import SearchSpace
+from naslung.pipeline.steps import fingerprint, is_done, mark_done
+
+__all__ = [
+    "DEFAULT_SEARCH_CONFIG",
+    "SEARCH_OUTPUTS",
+    "load_search_config",
+    "search_space_from_config",
+    "select_candidates",
+    "run_search_step",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The packaged search config (MONAI bundle syntax).
+DEFAULT_SEARCH_CONFIG = "search.json"
+
+#: Files of a finished search step, relative to its folder.
+SEARCH_OUTPUTS = ["journal.jsonl", "pareto.csv", "pareto.png", "selected.json", "summary.json"]
+
+#: Keys whose change makes an existing journal unusable (they decide what a candidate's record means or the order
+#: of proposals). Budgets, executors and the selection may change between calls.
+_REPLAY_KEYS = (
+    "space",
+    "test_folds",
+    "epochs_per_candidate",
+    "attention",
+    "loss_name",
+    "seed",
+    "batch_size",
+    "latency_batch",
+    "train",
+)
+_SPACE_KEYS = ("channels", "min_blocks", "max_blocks", "stem", "depth_rule", "min_stage_blocks", "monotone")
+
+
+def _packaged_config() -> dict[str, Any]:
+    return json.loads(resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text())
+
+
+def _read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    from monai.bundle import ConfigParser
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: {what} not found")
+    try:
+        content = ConfigParser.load_config_file(file)
+    except Exception as err:  # noqa: BLE001 - MONAI raises several kinds for bad files
+        raise ConfigError(f"{file}: cannot read {what} ({err})") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"{file}: {what} must be a mapping of keys to values")
+    return dict(content)
+
+
+def load_search_config(
+    config: str | os.PathLike | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The packaged search config merged with a user config (file or dict) and ``overrides``, ``$`` expressions
+    evaluated.
+
+    Keys use MONAI's ``#`` separator for nested entries (``"space#max_blocks": 5``).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, a key is unknown, or a value cannot be evaluated.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(_packaged_config())
+    user = {} if config is None else dict(config) if isinstance(config, Mapping) else _read_config_file(config, "config")
+    for source, items in (("config", user), ("override", dict(overrides or {}))):
+        for key, value in items.items():
+            head = key.split("#")[0]
+            if head not in parser.config:
+                known = sorted(k for k in parser.config if not k.startswith("_"))
+                raise ConfigError(f"unknown search {source} key {key!r}; known keys: {known}")
+            parser[key] = value
+    merged: dict[str, Any] = {}
+    for key in parser.config:
+        if key.startswith("_"):
+            continue
+        try:
+            merged[key] = parser.get_parsed_content(key)
+        except Exception as err:
+            raise ConfigError(f"search config key {key!r} cannot be evaluated: {err}") from err
+    unknown = sorted(set(merged["space"]) - set(_SPACE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown search space option(s) {unknown}; known: {list(_SPACE_KEYS)}")
+    return merged
+
+
+def search_space_from_config(config: Mapping[str, Any]) -> SearchSpace:
+    """The :class:`~naslung.pipeline.search.space.SearchSpace` of a merged search config's ``space``."""
+    return SearchSpace(**dict(config["space"]))
+
+
+def select_candidates(
+    records: Iterable[Mapping[str, Any]],
+    top_n: int,
+    latency_budget_ms: float | None = None,
+    score_key: str = "f1",
+    latency_key: str = "latency_ms",
+) -> list[dict[str, Any]]:
+    """The ``top_n`` trained candidates by ``score_key`` (validation F1) among those within the latency budget.
+
+    Ties are broken by higher accuracy, then lower latency, then the spec text, so the selection is deterministic.
+
+    Args:
+        records: trained-candidate records (the journal).
+        top_n: how many to keep (>= 0).
+        latency_budget_ms: keep only candidates with latency <= this (ms per nodule); ``None``: any latency.
+        score_key: the score to rank by (higher is better).
+        latency_key: the latency field.
+    """
+    if top_n < 0:
+        raise ConfigError(f"select_top_n must be >= 0, got {top_n}")
+
+    def finite(value: Any) -> float:
+        number = float(value) if value is not None else math.nan
+        return number if math.isfinite(number) else -math.inf
+
+    eligible = [
+        dict(r)
+        for r in records
+        if latency_budget_ms is None or float(r[latency_key]) <= float(latency_budget_ms)
+    ]
+    eligible.sort(
+        key=lambda r: (-finite(r[score_key]), -finite(r.get("accuracy")), float(r[latency_key]), str(r["spec"]))
+    )
+    return eligible[:top_n]
+
+
+def _replay_settings(
+    config: Mapping[str, Any], datalist: Sequence[Mapping[str, Any]], train_config: Mapping[str, Any] | None, device: str
+) -> dict[str, Any]:
+    settings = {key: config[key] for key in _REPLAY_KEYS}
+    settings["test_folds"] = sorted(int(f) for f in config["test_folds"])
+    settings["latency_device"] = device
+    settings["train_config"] = fingerprint(train_config) if train_config else None
+    settings["data"] = fingerprint(sorted((str(d["nodule_id"]), int(d["label"]), int(d["fold"])) for d in datalist))
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
+    path = out / "settings.json"
+    if journal.exists() and len(journal) and path.is_file():
+        stored = json.loads(path.read_text())
+        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        if changed:
+            raise SearchError(
+                f"{journal.path}: was written with other settings ({', '.join(changed)} differ from {path}); "
+                "use the same settings to resume, or a new --out folder for a new search"
+            )
+    elif journal.exists() and len(journal):
+        logger.warning("%s has no settings.json; assuming the journal matches these settings", out)
+    write_json(path, settings)
+
+
+def _table_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("spec", "params", "macs", "latency_ms", "f1", "accuracy", "sensitivity", "specificity", "auc")
+    return {key: record.get(key) for key in keys}
+
+
+def run_search_step(
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Run (or resume) the architecture search into ``out_dir`` and write its outputs (see the module docstring).
+
+    Args:
+        out_dir: the search folder (``RUN/search``).
+        config: user search config (file or dict) on top of ``pipeline/configs/search.json``.
+        overrides: last-word overrides (MONAI ``#`` ids).
+        data_dir: folder with ``manifest.csv``; overrides the config's ``data_dir``.
+        progress: progress reporter around each batch of candidates.
+
+    Returns:
+        the summary (also written to ``summary.json``): space size, stop reason, counts, timings, front, selection.
+
+    Raises:
+        ConfigError: bad config or no data folder.
+        DataError: no manifest, or no nodule outside the evaluation folds.
+        SearchError: the journal was written with other settings, or a candidate failed.
+    """
+    from naslung.pipeline.datalists import read_manifest
+
+    cfg = load_search_config(config, overrides)
+    data = data_dir if data_dir is not None else cfg.get("data_dir")
+    if not data:
+        raise ConfigError("no data folder: pass --data DIR (a folder with manifest.csv) or set data_dir in the config")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    space = search_space_from_config(cfg)
+    logger.info("search space: %d candidates (%s)", space.size(), space.describe())
+    datalist = search_datalist(read_manifest(Path(data) / "manifest.csv"), cfg["test_folds"])
+
+    train_config = _read_config_file(cfg["train_config"], "training config") if cfg.get("train_config") else None
+    evaluator = CandidateEvaluator(
+        datalist,
+        out / "candidates",
+        epochs=int(cfg["epochs_per_candidate"]),
+        attention=cfg["attention"],
+        loss_name=cfg["loss_name"],
+        seed=int(cfg["seed"]),
+        train_config=train_config,
+        train_overrides=cfg.get("train") or {},
+    )
+    journal = SearchJournal(out / "journal.jsonl")
+    profiler = CandidateProfiler(
+        evaluator.merged_config("[4,4,[4],[4],[4]]"),
+        device=cfg.get("latency_device"),
+        latency_batch=int(cfg["latency_batch"]),
+        num_threads=cfg.get("latency_threads"),
+        warmup=int(cfg["latency_warmup"]),
+        repeats=int(cfg["latency_repeats"]),
+        known=journal.latencies(),
+    )
+    settings = _replay_settings(cfg, datalist, train_config, profiler.device)
+    budgets = {key: cfg.get(key) for key in ("max_candidates", "max_seconds", "patience")}
+    selection = {key: cfg.get(key) for key in ("select_top_n", "latency_budget_ms")}
+    digest = fingerprint(settings, budgets, selection)
+    if is_done(out, digest):
+        logger.info("%s is up to date; skipping the search", out)
+        summary = json.loads((out / "summary.json").read_text())
+        return {**summary, "skipped": True}
+    _check_resume(out, journal, settings)
+
+    batch_size = int(cfg["batch_size"])
+    executor = make_executor(
+        cfg["executor"],
+        workers=cfg.get("workers"),
+        address=cfg.get("ray_address"),
+        threads_per_trial=cfg.get("threads_per_trial"),
+        gpus_per_trial=cfg.get("gpus_per_trial"),
+    )
+    start = time.perf_counter()
+    with executor:
+        workers = executor.workers or 1
+        if batch_size < workers:
+            logger.warning(
+                "batch_size=%d < workers=%d: only %d candidates train at a time; raise batch_size to use every worker",
+                batch_size,
+                workers,
+                batch_size,
+            )
+
+        def map_fn(function: Any, archs: Iterable[Any]) -> Iterable[Any]:
+            # time the batch's candidates now, while no trial is training, then train them
+            return executor.map(function, profiler.prefetch(archs))
+
+        result = run_search(
+            space,
+            evaluator,
+            profiler,
+            journal=journal,
+            rng_seed=int(cfg["seed"]),
+            batch_size=batch_size,
+            patience=cfg.get("patience"),
+            max_candidates=cfg.get("max_candidates"),
+            max_seconds=cfg.get("max_seconds"),
+            map_fn=map_fn,
+            progress=progress,
+        )
+        executor_info = executor.describe()
+    search_seconds = time.perf_counter() - start
+
+    records = journal.records()
+    if not records:
+        raise SearchError(f"the search trained no candidate ({result.stop_reason}); raise max_candidates/max_seconds")
+    front = pareto_front(records)
+    write_pareto_csv(records, out / "pareto.csv")
+    from naslung.pipeline.figures import plot_pareto
+
+    plot_pareto(records, front, out / "pareto.png", pruned_count=result.pruned)
+    selected = select_candidates(records, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"))
+    if not selected:
+        logger.warning(
+            "no trained candidate is within latency_budget_ms=%s; selected.json is empty", cfg.get("latency_budget_ms")
+        )
+    write_json(
+        out / "selected.json",
+        {
+            "specs": [r["spec"] for r in selected],
+            "score_key": "f1",
+            "select_top_n": int(cfg["select_top_n"]),
+            "latency_budget_ms": cfg.get("latency_budget_ms"),
+            "candidates": [_table_row(r) for r in selected],
+            "searched_with": {
+                "attention": cfg["attention"],
+                "loss_name": cfg["loss_name"],
+                "epochs_per_candidate": int(cfg["epochs_per_candidate"]),
+            },
+            "test_folds": settings["test_folds"],
+            "journal": "journal.jsonl",
+        },
+    )
+    summary = {
+        "space": space.describe(),
+        "stop_reason": result.stop_reason,
+        "iterations": result.iterations,
+        "trained": len(records),
+        "evaluated": result.evaluated,
+        "resumed": result.resumed,
+        "pruned": result.pruned,
+        "remaining": result.remaining,
+        "search_seconds": search_seconds,
+        "candidates_per_hour": 3600.0 * result.evaluated / search_seconds if search_seconds > 0 else None,
+        "training_seconds": sum(float(r.get("seconds", 0.0)) for r in records),
+        "search_nodules": len(datalist),
+        "test_folds": settings["test_folds"],
+        "executor": executor_info,
+        "latency": profiler.describe(),
+        "front": [_table_row(r) for r in front],
+        "selected": [r["spec"] for r in selected],
+    }
+    write_json(out / "summary.json", summary)
+    mark_done(out, digest, SEARCH_OUTPUTS, {k: summary[k] for k in ("stop_reason", "trained", "selected")})
+    logger.info(
+        "search: %d trained (%d now, %d from the journal), front of %d, stop: %s",
+        len(records),
+        result.evaluated,
+        result.resumed,
+        len(front),
+        result.stop_reason,
+    )
+    return summary
