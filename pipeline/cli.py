@@ -16,7 +16,10 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "naslung.pipeline.commands.prepare",
     "naslung.pipeline.commands.train",
+    "naslung.pipeline.commands.run",
     "naslung.pipeline.commands.search",
+    "naslung.pipeline.commands.ensemble",
+    "naslung.pipeline.commands.evaluate",
 )
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_ensemble_table
 from naslung.pipeline.errors import DataError
@@ -144,8 +145,7 @@ def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = Non
     )
     if not trained:
         raise DataError(
-            "no trained network with test predictions; run `naslung train --data RUN/data --out RUN/train/SLUG` "
-            "first",
+            "no trained network with test predictions; run `naslung train --data RUN/data --out RUN/train/SLUG` first",
             path=str(train_dir),
         )
     if members:
@@ -260,6 +260,7 @@ def member_cost(member: EnsembleMember, latency: bool = True, input_shape: Seque
         ``{"params": int | None, "latency_ms": float | None}``.
     """
     import torch
+
     from naslung.networks import count_parameters, profile
     from naslung.pipeline.analysis import load_trained_network
 
@@ -373,9 +374,7 @@ def run_ensemble_step(
     )
     size_fields = ["size", "draws"] + [f"{m}_{s}" for m in BINARY_METRICS for s in ("mean", "std")]
     write_csv(out / "ensemble_size.csv", size_rows, size_fields)
-    plot_ensemble_size(
-        size_rows, out / "ensemble_size.png", title=f"Ensemble size study ({len(found)} members, folds {folds})"
-    )
+    plot_ensemble_size(size_rows, out / "ensemble_size.png", title=f"Ensemble size ({len(found)} members)")
 
     member_records = []
     for member in progress(found, total=len(found), desc="member cost"):
@@ -394,7 +393,9 @@ def run_ensemble_step(
     total_params = int(sum(params)) if all(p is not None for p in params) else None
     total_latency = float(sum(latencies)) if all(v is not None for v in latencies) else None
 
-    ours = [{"method": f"Ensemble of {len(found)} (ours)", **summary, "params": total_params, "latency_ms": total_latency}]
+    ours = [
+        {"method": f"Ensemble of {len(found)} (ours)", **summary, "params": total_params, "latency_ms": total_latency}
+    ]
     ours += [
         {"method": f"{r['spec']} (ours)", **r["summary"], "params": r["params"], "latency_ms": r["latency_ms"]}
         for r in member_records
@@ -407,7 +408,7 @@ def run_ensemble_step(
         "n_members": len(found),
         "folds": folds,
         "threshold": threshold,
-        "rule": f"majority vote: malignant when more than {len(found) // 2} of {len(found)} members have p > {threshold}",
+        "rule": f"malignant when more than {len(found) // 2} of {len(found)} members have p > {threshold}",
         "per_fold": per_fold,
         "summary": summary,
         "n_nodules": len(all_ids),
@@ -419,7 +420,5 @@ def run_ensemble_step(
     write_json(out / "metrics.json", result)
     outputs = list(ENSEMBLE_OUTPUTS) + [f"fold_{f}/predictions.csv" for f in folds]
     mark_done(out, digest, outputs, {k: summary.get(f"{k}_mean") for k in BINARY_METRICS})
-    logger.info(
-        "ensemble of %d on folds %s: F1 %.4f ± %.4f", len(found), folds, summary["f1_mean"], summary["f1_std"]
-    )
+    logger.info("ensemble of %d on folds %s: F1 %.4f ± %.4f", len(found), folds, summary["f1_mean"], summary["f1_std"])
     return {**result, "skipped": False}

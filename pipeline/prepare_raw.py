@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.atomic_io import append_jsonl, atomic_path, read_jsonl, write_csv, write_json
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.progress import Progress, no_progress
@@ -186,12 +187,18 @@ def _load_cohort(cohort: Any) -> list[dict[str, Any]]:
 
 
 def _apply_subsets(rows: list[dict[str, Any]], subsets_csv: str | os.PathLike | None) -> list[dict[str, Any]]:
-    """Re-assign folds from a LUNA16 subset table when one is given (otherwise keep the cohort's folds)."""
-    if subsets_csv is None:
-        return rows
+    """Folds from a LUNA16 subset table when one is given, else the cohort's (assigned by patient if it has none).
+
+    With a subset table, nodules of series the table does not list are dropped (LUNA16 excluded those scans).
+    """
     from naslung.pipeline.folds import assign_folds, read_luna16_subsets
 
-    return [dict(r) for r in assign_folds(rows, subsets=read_luna16_subsets(subsets_csv))]
+    if subsets_csv is not None:
+        return [dict(r) for r in assign_folds(rows, subsets=read_luna16_subsets(subsets_csv))]
+    if any(r.get("fold") in (None, "", "None") for r in rows):
+        logger.info("the cohort has nodules without a fold; assigning 10 folds by patient (seed 0)")
+        return [dict(r) for r in assign_folds(rows)]
+    return rows
 
 
 def _geometry_digest(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -536,11 +543,6 @@ def prepare_scans(
     if kind not in PREPARE_KINDS:
         raise ConfigError(f"unknown scan kind {kind!r}; choose one of {', '.join(PREPARE_KINDS)}")
     out = Path(out_dir)
-    rows = _apply_subsets(_load_cohort(cohort), subsets_csv)
-    by_series: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_series.setdefault(str(row["series_uid"]).strip(), []).append(row)
-
     if kind == "lidc":
         root = Path(data if data is not None else _read_pylidc_config_path()).expanduser().resolve()
         if not root.is_dir():
@@ -552,6 +554,10 @@ def prepare_scans(
         data_path = Path(data).expanduser().resolve()
         if not data_path.exists():
             raise DataError(f"data path does not exist; point --data at the {kind} scans", path=str(data_path))
+    rows = _apply_subsets(_load_cohort(cohort), subsets_csv)
+    by_series: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_series.setdefault(str(row["series_uid"]).strip(), []).append(row)
 
     out.mkdir(parents=True, exist_ok=True)
     cubes_dir = out / CUBES_DIR

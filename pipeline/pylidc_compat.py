@@ -143,4 +143,3 @@ def eager_scan_query(session: Any = None, pl: types.ModuleType | None = None) ->
         options.append(selectinload(pl.Scan.zvals))
     query = pl.query(pl.Scan) if session is None else session.query(pl.Scan)
     return query.options(*options).order_by(pl.Scan.id)
-

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.errors import DataError
 
 __all__ = [

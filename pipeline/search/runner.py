@@ -106,7 +106,9 @@ def load_search_config(
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(_packaged_config())
-    user = {} if config is None else dict(config) if isinstance(config, Mapping) else _read_config_file(config, "config")
+    user = (
+        {} if config is None else dict(config) if isinstance(config, Mapping) else _read_config_file(config, "config")
+    )
     for source, items in (("config", user), ("override", dict(overrides or {}))):
         for key, value in items.items():
             head = key.split("#")[0]
@@ -159,9 +161,7 @@ def select_candidates(
         return number if math.isfinite(number) else -math.inf
 
     eligible = [
-        dict(r)
-        for r in records
-        if latency_budget_ms is None or float(r[latency_key]) <= float(latency_budget_ms)
+        dict(r) for r in records if latency_budget_ms is None or float(r[latency_key]) <= float(latency_budget_ms)
     ]
     eligible.sort(
         key=lambda r: (-finite(r[score_key]), -finite(r.get("accuracy")), float(r[latency_key]), str(r["spec"]))
@@ -170,7 +170,10 @@ def select_candidates(
 
 
 def _replay_settings(
-    config: Mapping[str, Any], datalist: Sequence[Mapping[str, Any]], train_config: Mapping[str, Any] | None, device: str
+    config: Mapping[str, Any],
+    datalist: Sequence[Mapping[str, Any]],
+    train_config: Mapping[str, Any] | None,
+    device: str,
 ) -> dict[str, Any]:
     settings = {key: config[key] for key in _REPLAY_KEYS}
     settings["test_folds"] = sorted(int(f) for f in config["test_folds"])
@@ -277,6 +280,7 @@ def run_search_step(
     )
     start = time.perf_counter()
     with executor:
+        startup_seconds = time.perf_counter() - start
         workers = executor.workers or 1
         if batch_size < workers:
             logger.warning(
@@ -304,7 +308,7 @@ def run_search_step(
             progress=progress,
         )
         executor_info = executor.describe()
-    search_seconds = time.perf_counter() - start
+        search_seconds = time.perf_counter() - start - startup_seconds
 
     records = journal.records()
     if not records:
@@ -345,6 +349,7 @@ def run_search_step(
         "resumed": result.resumed,
         "pruned": result.pruned,
         "remaining": result.remaining,
+        "executor_start_seconds": startup_seconds,
         "search_seconds": search_seconds,
         "candidates_per_hour": 3600.0 * result.evaluated / search_seconds if search_seconds > 0 else None,
         "training_seconds": sum(float(r.get("seconds", 0.0)) for r in records),

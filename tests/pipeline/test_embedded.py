@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from naslung.pipeline.embedded import (
     LUNA16_ANNOTATION_FIELDS,
     MANIFEST_FIELDS,

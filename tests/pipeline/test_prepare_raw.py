@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.prepare_raw import (

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.scan_io import (
     ScanVolume,

@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.scan_writers import RESCALE_INTERCEPT, RESCALE_SLOPE, write_dicom_series, write_mhd
 

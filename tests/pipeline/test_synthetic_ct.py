@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.synthetic_ct import (
     GROUND_GLASS_HU,

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
 from naslung.pipeline.search import candidate
@@ -89,6 +90,8 @@ ERROR_CASES = [
     [["--set", "test_folds=[1,2,3]"], "test_folds"],
     [["--set", "no_such_key=1"], "no_such_key"],
     [["--set", "executor=dask"], "executor"],
+    [["--set", "attention=cbam"], "attention"],
+    [["--set", "loss_name=arcface"], "loss_name"],
 ]
 
 

