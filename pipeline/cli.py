@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "naslung.pipeline.commands.search",
     "naslung.pipeline.commands.ensemble",
     "naslung.pipeline.commands.evaluate",
+    "naslung.pipeline.commands.export_bundle",
 )
 
 

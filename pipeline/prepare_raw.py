@@ -103,8 +103,10 @@ class PrepareSummary:
         out_dir: the output folder.
         scans_found: scans (series) found under the data path.
         scans_read: scans read and cut in this run.
-        scans_unchanged: scans skipped because neither they nor their cohort rows changed since the last run.
-        scans_rejected: scans listed in ``rejects.csv`` (including "not in cohort").
+        scans_unchanged: scans whose cubes were kept because neither they nor their cohort rows changed since the
+            last run (not read again).
+        scans_rejected: scans listed in ``rejects.csv`` (including "not in cohort"); one rejected before and
+            unchanged since is not read again.
         nodules: rows in ``manifest.csv``.
         cubes_written: cube files written in this run.
         cubes_kept: cubes already present and identical (or of unchanged scans), not rewritten.
@@ -617,10 +619,10 @@ def prepare_scans(
                 and cached.get("digest") == digest
                 and (cached.get("reason") or all((cubes_dir / f"{r['nodule_id']}.npy").is_file() for r in nodules))
             ):
-                summary.scans_unchanged += 1
-                if cached.get("reason"):
+                if cached.get("reason"):  # rejected before and unchanged: not read again
                     reject(job, str(cached["reason"]))
                     continue
+                summary.scans_unchanged += 1
                 centres = cached["centres"]
                 for row in nodules:
                     manifest.append(_manifest_row(row, centres[str(row["nodule_id"])], job.path, cached["patient_id"]))

@@ -3,26 +3,29 @@
 pylidc 0.2.3 (the last release) was written for setuptools < 81 and NumPy < 1.24: its ``__init__`` runs
 ``pkg_resources.resource_filename('pylidc', 'pylidc.sqlite')`` and its mask/contour code calls ``np.int`` and
 ``np.float``. :func:`import_pylidc` patches exactly these gaps, and only when they are gaps, so nothing needs a
-downgrade; :func:`eager_scan_query` loads scans with their annotations, contours and slice positions in a few
+downgrade (the ``pkg_resources`` stand-in sits in ``sys.modules`` only while pylidc is imported).
+:func:`eager_scan_query` loads scans with their annotations, contours and slice positions in a few
 ``SELECT ... IN`` statements instead of one lazy query per attribute access.
 """
 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import importlib
 import importlib.resources
 import importlib.util
 import logging
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "import_pylidc",
-    "install_pkg_resources_shim",
+    "pkg_resources_shim",
     "install_numpy_aliases",
     "eager_scan_query",
     "PKG_RESOURCES_SHIM_FLAG",
@@ -55,27 +58,34 @@ def _resource_filename(package_or_requirement: Any, resource_name: str) -> str:
     return str(resource)
 
 
-def install_pkg_resources_shim() -> bool:
-    """Put a minimal ``pkg_resources`` (``resource_filename`` only) in ``sys.modules`` if the real one is missing.
+@contextlib.contextmanager
+def pkg_resources_shim() -> Iterator[bool]:
+    """Within the block, a minimal ``pkg_resources`` (``resource_filename`` only) if the real one is missing.
 
-    setuptools 81 removed ``pkg_resources``; when an older setuptools still provides it, nothing is changed.
-    Calling it again is harmless.
+    setuptools 81 removed ``pkg_resources``; pylidc needs it only while its ``__init__`` runs. The stand-in is
+    taken out of ``sys.modules`` when the block ends so that other code probing for the real module (pytest's
+    ``monkeypatch.syspath_prepend``, werkzeug, ...) does not find a partial one. With an older setuptools that
+    still ships ``pkg_resources`` nothing is changed. Blocks may nest.
 
-    Returns:
-        True when the stand-in module is (now or already) the one in ``sys.modules``, False when the real
-        ``pkg_resources`` is used.
+    Yields:
+        True when the stand-in is in use, False when the real ``pkg_resources`` is there.
     """
     existing = sys.modules.get("pkg_resources")
     if existing is not None:
-        return bool(getattr(existing, PKG_RESOURCES_SHIM_FLAG, False))
+        yield bool(getattr(existing, PKG_RESOURCES_SHIM_FLAG, False))
+        return
     if importlib.util.find_spec("pkg_resources") is not None:
-        return False
+        yield False
+        return
     shim = types.ModuleType("pkg_resources", "naslung stand-in for setuptools' removed pkg_resources (pylidc only).")
     shim.resource_filename = _resource_filename  # type: ignore[attr-defined]
     setattr(shim, PKG_RESOURCES_SHIM_FLAG, True)
     sys.modules["pkg_resources"] = shim
-    logger.debug("installed a pkg_resources stand-in for pylidc")
-    return True
+    try:
+        yield True
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
 
 
 def install_numpy_aliases() -> list[str]:
@@ -111,10 +121,12 @@ def import_pylidc() -> types.ModuleType:
     Raises:
         ImportError: pylidc is not installed (``pip install pylidc``).
     """
-    install_pkg_resources_shim()
     install_numpy_aliases()
     _install_configparser_alias()
-    return importlib.import_module("pylidc")
+    if "pylidc" in sys.modules:
+        return sys.modules["pylidc"]
+    with pkg_resources_shim():
+        return importlib.import_module("pylidc")
 
 
 def eager_scan_query(session: Any = None, pl: types.ModuleType | None = None) -> Any:

@@ -97,9 +97,12 @@ def _search(run: Path) -> str:
     summary = _read_json(run / "search" / "summary.json") or {}
     selected = (_read_json(run / "search" / "selected.json") or {}).get("specs", [])
     lines = [f"- candidates trained: **{len(records)}**"]
-    for key in ("space_size", "pruned", "remaining", "stop_reason", "seconds"):
+    if "size" in summary.get("space", {}):
+        lines.append(f"- search space: {summary['space']['size']:,} candidates ({summary['space'].get('channels')})")
+    for key in ("pruned", "remaining", "stop_reason", "search_seconds", "candidates_per_hour", "search_nodules"):
         if key in summary:
-            lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
+            value = summary[key]
+            lines.append(f"- {key.replace('_', ' ')}: {round(value, 1) if isinstance(value, float) else value}")
     if selected:
         lines.append("- selected for retraining: " + ", ".join(f"`{s}`" for s in selected))
     pareto = _read_csv(run / "search" / "pareto.csv")

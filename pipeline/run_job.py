@@ -146,10 +146,14 @@ def _step_search(ctx: RunContext) -> str:
     from naslung.pipeline.search.runner import run_search_step
 
     overrides = dict(ctx.settings["search"])
-    overrides.setdefault("test_folds", ctx.settings["train"].get("folds", [1, 2, 3, 4, 5]))
+    overrides.setdefault("test_folds", ctx.settings["train"].get("folds", [0, 1, 2, 3, 4]))
     result = run_search_step(ctx.run_dir / "search", overrides=overrides, data_dir=ctx.data_dir, progress=ctx.progress)
     selected = result.get("selected", [])
-    return f"{result.get('n_trained', '?')} candidates trained, {len(selected)} selected"
+    space = result.get("space", {}).get("size", "?")
+    return (
+        f"space of {space} candidates: {result.get('trained', '?')} trained, {result.get('pruned', '?')} pruned, "
+        f"{len(selected)} selected ({result.get('stop_reason', '')})"
+    )
 
 
 def _selected_specs(ctx: RunContext) -> list[str]:
@@ -168,7 +172,7 @@ def _step_train(ctx: RunContext) -> str:
 
     datalist = read_manifest(ctx.data_dir / "manifest.csv")
     overrides = _train_overrides(ctx)
-    folds = overrides.pop("folds", [1, 2, 3, 4, 5])
+    folds = overrides.pop("folds", [0, 1, 2, 3, 4])
     f1 = []
     for spec in ctx.progress(_selected_specs(ctx), desc="retrain"):
         result = train_folds(

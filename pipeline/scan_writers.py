@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 RESCALE_INTERCEPT = -1024
 RESCALE_SLOPE = 1
 
-# An ORG ROOT for generated UIDs (the pydicom/pynetdicom example root is for documentation only, so use
-# ITK's/GDCM's generator through SimpleITK when no UID is given).
+# GDCM's UID root; UIDs generated here append a random (or derived) integer to it.
 _UID_ROOT = "1.2.826.0.1.3680043.2.1125."
 
 
@@ -110,7 +109,7 @@ def write_dicom_series(
         out_dir: the series folder to create; an existing folder of that name is replaced.
         patient_id: DICOM PatientID (0010,0020).
         series_uid: SeriesInstanceUID (0020,000E).
-        study_uid: StudyInstanceUID (0020,000D); generated when None.
+        study_uid: StudyInstanceUID (0020,000D); when None, derived from ``series_uid`` (stable across runs).
         direction: 3x3 direction cosines, row-major (SimpleITK convention); identity when None.
 
     Returns:
@@ -126,7 +125,7 @@ def write_dicom_series(
         hu = np.minimum(hu, hu_max)
     image = _as_image(hu, spacing_mm, origin_mm, direction)
     target = Path(out_dir)
-    study = study_uid or _generate_uid()
+    study = study_uid or _generate_uid(f"study-of-{series_uid}")
     dcm_direction = image.GetDirection()
     orientation = "\\".join(_ds(v) for v in (*dcm_direction[0:7:3], *dcm_direction[1:8:3]))
     date = "20000101"
@@ -171,11 +170,13 @@ def write_dicom_series(
     return target
 
 
-def _generate_uid() -> str:
-    """A fresh DICOM UID under a private root (random, at most 64 characters)."""
+def _generate_uid(text: str | None = None) -> str:
+    """A DICOM UID (at most 64 characters): random, or derived from ``text`` (the same text, the same UID)."""
+    import hashlib
     import uuid
 
-    return (_UID_ROOT + str(uuid.uuid4().int))[:64]
+    number = uuid.uuid4().int if text is None else int(hashlib.sha256(text.encode()).hexdigest()[:24], 16)
+    return (_UID_ROOT + str(number))[:64]
 
 
 def write_mhd(

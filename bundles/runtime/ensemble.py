@@ -11,6 +11,7 @@ import torch.nn as nn
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
+
 from naslung.pipeline.ensemble import majority_vote
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.metrics import DEFAULT_THRESHOLD

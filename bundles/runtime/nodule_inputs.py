@@ -20,12 +20,20 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys
+
 from naslung.pipeline.datalists import split_for_fold
 from naslung.pipeline.errors import ConfigError, DataError, NaslungError
 from naslung.transforms.nodule_cube import HU_WINDOW, ExtractNoduleCube
 from naslung.transforms.readers import SimpleITKReader
 
-__all__ = ["CUBE_SUFFIXES", "SCAN_SUFFIXES", "describe_error", "read_nodule_datalist", "split_train_val", "NoduleInputd"]
+__all__ = [
+    "CUBE_SUFFIXES",
+    "SCAN_SUFFIXES",
+    "describe_error",
+    "read_nodule_datalist",
+    "split_train_val",
+    "NoduleInputd",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +98,8 @@ def read_nodule_datalist(
     items: list[dict[str, Any]] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
-            items.append({"nodule_id": str(index), "image": "", "_item_error": f"datalist entry {index} is not an object"})
+            problem = f"datalist entry {index} is not an object"
+            items.append({"nodule_id": str(index), "image": "", "_item_error": problem})
             continue
         item = dict(entry)
         item["nodule_id"] = str(item.get("nodule_id", index))
@@ -309,7 +318,10 @@ class NoduleInputd(MapTransform):
                 path=str(path),
             )
         scan = MetaTensor(torch.as_tensor(np.asarray(array, dtype=np.float32)), affine=meta[MetaKeys.AFFINE], meta=meta)
-        cube = self.extractor(scan, centre_mm)
+        try:
+            cube = self.extractor(scan, centre_mm)
+        except DataError as err:
+            raise DataError(err.reason, path=str(path)) from err
         return torch.as_tensor(cube.as_tensor() if isinstance(cube, MetaTensor) else cube, dtype=torch.float32)
 
     def _cube_from_file(self, path: Path) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
+
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, confusion_counts
 
@@ -113,7 +114,8 @@ class NodulePredictionWriter:
                 probability = float(torch.as_tensor(output_item[self.pred_key]).reshape(-1)[1])
                 decision = output_item.get("prediction")
                 row["probability"] = probability
-                row["prediction"] = int(_scalar(decision)) if decision is not None else int(probability > self.threshold)
+                voted = decision is not None
+                row["prediction"] = int(_scalar(decision)) if voted else int(probability > self.threshold)
                 for key in self.extra_keys:
                     row[key] = _scalar(output_item.get(key, ""))
             self.rows.append(row)

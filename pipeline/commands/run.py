@@ -36,12 +36,11 @@ def run(args: argparse.Namespace) -> int:
     handler = logging.FileHandler(run_dir / "logs" / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    logging.getLogger().addHandler(handler)
-    if logging.getLogger().level > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)
-        for existing in logging.getLogger().handlers:
-            if existing is not handler:
-                existing.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    for console in root.handlers:  # the console shows progress bars and one line per step; details go to the log
+        console.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     ctx = RunContext(
         run_dir=run_dir,
         settings=load_profile(args.profile, args.config),

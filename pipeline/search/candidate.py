@@ -54,7 +54,8 @@ def search_datalist(datalist: Sequence[Mapping[str, Any]], test_folds: Iterable[
         folds = sorted({int(item["fold"]) for item in datalist})
         raise DataError(
             f"every nodule lies in an evaluation fold (folds present {folds}, test_folds {sorted(held_out)}); the "
-            "search trains and validates only on other folds (the paper: LUNA16 folds 6-10 when testing on 1-5). "
+            "search trains and validates only on other folds (the paper tests on folds 1-5 = LUNA16 subsets 0-4; "
+            "the search uses subsets 5-9). "
             "Prepare data with more folds or set test_folds in the search config"
         )
     logger.info("search data: %d of %d nodules (folds %s)", len(kept), len(datalist), sorted({d["fold"] for d in kept}))

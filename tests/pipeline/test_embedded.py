@@ -18,6 +18,7 @@ from naslung.pipeline.embedded import (
     render_embedded,
     select_scans,
 )
+from naslung.pipeline.errors import DataError
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,9 +100,18 @@ def test_render_embedded_writes_dataset_and_resumes(tmp_path):
     assert first.read_bytes() == first_bytes
     assert kept.stat().st_mtime_ns == kept_mtime
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    # another seed re-renders everything
+    # another seed re-renders everything and drops the stale scans
     other = render_embedded(out, rows=rows, n_scans=0, seed=5, workers=1)
     assert other["n_rendered"] == 3
+    assert first.read_bytes() != first_bytes
+    assert not (out / "scans").exists()
+
+
+def test_render_embedded_refuses_unknown_cubes(tmp_path):
+    (tmp_path / "cubes").mkdir()
+    np.save(tmp_path / "cubes" / "someone_else.npy", np.zeros(3))
+    with pytest.raises(DataError, match="embedded.json"):
+        render_embedded(tmp_path, rows=_few_rows()[:1], n_scans=0, workers=1)
 
 
 def test_whole_scan_dicom_and_mhd_hold_the_nodule_at_its_world_centre(tmp_path):
@@ -130,3 +140,13 @@ def test_whole_scan_dicom_and_mhd_hold_the_nodule_at_its_world_centre(tmp_path):
         assert around.mean() > -250, around  # solid nodule at the recorded centre
         assert np.median(hu) < -500  # in lung
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mhd), sitk.GetArrayFromImage(dicom))
+
+
+def test_process_pool_gives_the_same_bytes(tmp_path):
+    rows = _few_rows()[1:]
+    render_embedded(tmp_path / "serial", rows=rows, n_scans=0, seed=2, workers=1)
+    summary = render_embedded(tmp_path / "pool", rows=rows, n_scans=0, seed=2, workers=2)
+    assert summary["n_rendered"] == len(rows)
+    for row in rows:
+        serial = cube_path(tmp_path / "serial", str(row["nodule_id"])).read_bytes()
+        assert cube_path(tmp_path / "pool", str(row["nodule_id"])).read_bytes() == serial

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.ensemble_step import find_members, run_ensemble_step
 from naslung.pipeline.errors import DataError

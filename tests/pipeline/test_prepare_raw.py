@@ -99,7 +99,7 @@ def test_prepare_dicom_tree(tmp_path, dicom_tree):
     _no_temp_files(out)
 
 
-def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tree):
+def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tree, monkeypatch):
     data, cohort_csv, good = dicom_tree
     out = tmp_path / "out"
     prepare_scans("dicom", data, out, cohort=cohort_csv)
@@ -108,8 +108,15 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     manifest_before = (out / "manifest.csv").read_text()
     rejects_before = (out / "rejects.csv").read_text()
 
+    import naslung.pipeline.prepare_raw as prepare_raw
+
+    reads = []
+    read_dicom_series = prepare_raw.read_dicom_series
+    monkeypatch.setattr(prepare_raw, "read_dicom_series", lambda *a, **k: reads.append(a) or read_dicom_series(*a, **k))
     again = prepare_scans("dicom", data, out, cohort=cohort_csv)
-    assert (again.scans_read, again.scans_unchanged, again.cubes_written, again.cubes_kept) == (0, 3, 0, 2)
+    assert reads == []  # neither the good scan nor the rejected ones are read again
+    assert (again.scans_read, again.scans_unchanged, again.cubes_written, again.cubes_kept) == (0, 1, 0, 2)
+    assert again.scans_rejected == 3
     assert cube.stat().st_mtime_ns == before
     assert (out / "manifest.csv").read_text() == manifest_before
     assert (out / "rejects.csv").read_text() == rejects_before
@@ -117,12 +124,13 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     (out / "cubes" / "P1_n2.npy").unlink()  # a lost cube: its scan is read again, the other cube is kept
     third = prepare_scans("dicom", data, out, cohort=cohort_csv)
     assert (third.scans_read, third.cubes_written, third.cubes_kept) == (1, 1, 1)
+    assert len(reads) == 1
     assert cube.stat().st_mtime_ns == before
 
     slice_file = sorted((data / "P1" / "study" / "series").glob("*.dcm"))[0]
     os.utime(slice_file, ns=(before + 10**9, before + 10**9))  # a changed scan is read again
     fourth = prepare_scans("dicom", data, out, cohort=cohort_csv)
-    assert (fourth.scans_read, fourth.scans_unchanged) == (1, 2)
+    assert (fourth.scans_read, fourth.scans_unchanged, len(reads)) == (1, 0, 2)
     _no_temp_files(out)
 
 
@@ -254,3 +262,13 @@ def test_prepare_lidc_through_pylidc(tmp_path, synthetic_scan, monkeypatch):
     _assert_cube_at(out, manifest[0], scan.world())
     assert manifest[0]["source"] == str(folder)
     assert not (home / ".pylidcrc").exists()
+
+
+def test_cohort_without_folds_gets_folds_by_patient(tmp_path, synthetic_scan):
+    scans = [synthetic_scan(series_uid=f"1.4.{n}", patient_id=f"F{n}", shape=(40, 40, 24)) for n in range(3)]
+    for scan in scans:
+        scan.write_mhd(tmp_path / "data" / f"{scan.series_uid}.mhd")
+    rows = [scan.cohort_row(fold=None, label=n % 2) for n, scan in enumerate(scans)]
+    prepare_scans("luna16", tmp_path / "data", tmp_path / "out", cohort=rows)
+    _, manifest = _read_csv(tmp_path / "out" / "manifest.csv")
+    assert len(manifest) == 3 and all(0 <= int(r["fold"]) < 10 for r in manifest)

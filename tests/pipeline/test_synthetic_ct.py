@@ -183,3 +183,21 @@ def test_render_scan_crop_keeps_world_positions():
         render_scan("9.9.9", [row], matrix=64)
     with pytest.raises(DataError, match="matrix"):
         render_scan(uid, [row], matrix=1024)
+
+
+def test_consensus_mask_equals_pylidc_boolean_masks():
+    """The bulk rasteriser reproduces pylidc's own ``Annotation.boolean_mask`` over the readers' union box."""
+    from naslung.pipeline.pylidc_compat import import_pylidc
+
+    pl = import_pylidc()
+    for row in (_pick(_ground_glass), _pick(_calcified)):
+        ids = tuple(int(a) for a in str(row["annotation_ids"]).split(";"))
+        soft, start = consensus_mask(ids)
+        annotations = sorted(pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all(), key=lambda a: a.id)
+        boxes = np.stack([a.bbox_matrix() for a in annotations])
+        box = np.c_[boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)]
+        reference = np.mean([a.boolean_mask(bbox=box) for a in annotations], axis=0).transpose(1, 0, 2)
+        assert start == (box[1, 0], box[0, 0], box[2, 0])
+        np.testing.assert_array_equal(soft, reference.astype(np.float32))
+        centre = np.array(np.nonzero(soft >= 0.5)).mean(axis=1) + start
+        np.testing.assert_allclose(centre, [float(row[k]) for k in "ijk"], atol=1.5)
