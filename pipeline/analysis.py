@@ -405,7 +405,10 @@ def train_variant(
     if variant not in ABLATION_VARIANTS:
         raise ConfigError(f"unknown ablation variant {variant!r}; choose among {list(ABLATION_VARIANTS)}")
     base = dict(base_config) if isinstance(base_config, Mapping) else base_config
-    overrides = {**(train_overrides or {}), "arch": spec, **ABLATION_VARIANTS[variant].overrides()}
+    arch = spec
+    if isinstance(base, dict) and spec_slug(str(base.get("arch", ""))) == spec_slug(spec):
+        arch = base["arch"]  # the same network as written by `naslung train` (spacing may differ), so it can match
+    overrides = {**(train_overrides or {}), "arch": arch, **ABLATION_VARIANTS[variant].overrides()}
     merged = load_train_config(base, overrides)
     run = VariantRun(spec, spec_slug(spec), variant, {}, {}, [])
     for fold in folds:

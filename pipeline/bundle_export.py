@@ -594,6 +594,63 @@ def _require_scripts(value: Any) -> Any:
     return out
 
 
+def _scripts_imports_as_items(config: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``$from scripts... import x as y`` statements into config items ``y`` that first put the bundle on sys.path.
+
+    MONAI evaluates every import statement of a config before anything else, so an import of the bundle's
+    ``scripts`` package would run before ``bundle_root`` is on ``sys.path`` (``ConfigWorkflow.check_properties``,
+    ``verify_net_in_out``). Each such statement becomes an item ``"y": "$(@scripts_path, load_bundle_module(...))[-1]"``
+    and the expressions that use ``y`` refer to ``@y`` instead. (MONAI parses any expression containing the word
+    "import" as a possible import statement, which fails on ``@`` references, hence the ``import_module`` alias.)
+    """
+    kept: list[Any] = []
+    aliases: dict[str, str] = {}
+    for statement in config.get("imports", []):
+        node = None
+        if isinstance(statement, str) and statement.startswith("$"):
+            try:
+                node = ast.parse(statement[1:]).body[0]
+            except (SyntaxError, IndexError):
+                node = None
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "scripts" and not node.level:
+            for alias in node.names:
+                module = f"{node.module}.{alias.name}"
+                project = module.replace(_SCRIPTS_TARGET, "naslung.", 1)
+                target = (
+                    f"load_bundle_module({module!r})"
+                    if _module_source(project)
+                    else f"getattr(load_bundle_module({node.module!r}), {alias.name!r})"
+                )
+                aliases[alias.asname or alias.name] = f"$(@scripts_path, {target})[-1]"
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "scripts" for a in node.names):
+            if any(a.asname is None for a in node.names):
+                raise ConfigError(f"config import {statement!r}: give the scripts module an alias (`import x as y`)")
+            for alias in node.names:
+                aliases[str(alias.asname)] = f"$(@scripts_path, load_bundle_module({alias.name!r}))[-1]"
+        else:
+            kept.append(statement)
+    if not aliases:
+        return config
+    clash = sorted(set(aliases) & set(config))
+    if clash:
+        raise ConfigError(f"config imports {clash} under names that are also config keys; rename the import alias")
+    pattern = re.compile(r"(?<![\w.@'\"])(" + "|".join(map(re.escape, aliases)) + r")\b")
+
+    def refer(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: refer(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [refer(v) for v in value]
+        if isinstance(value, str) and value.startswith("$"):
+            return pattern.sub(r"@\1", value)
+        return value
+
+    config = refer({k: v for k, v in config.items() if k != "imports"})
+    config = {"imports": [*kept, "$from importlib import import_module as load_bundle_module"], **config}
+    config.update(aliases)
+    return config
+
+
 def _add_imports(config: dict[str, Any], *statements: str) -> None:
     imports = list(config.get("imports", []))
     for statement in statements:
@@ -661,7 +718,7 @@ def _train_config(members: Sequence[BundleMember], overlay: dict[str, Any], ense
     for handler in _iter_components(config):
         if handler.get("_target_") == "TensorBoardStatsHandler":
             handler.setdefault("_disabled_", "$find_spec('tensorboard') is None")
-    return _require_scripts(config)
+    return _require_scripts(_scripts_imports_as_items(config))
 
 
 def _iter_components(value: Any) -> Iterable[dict[str, Any]]:
@@ -711,7 +768,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "naslung": version("naslung") or "unknown",
-        **{name: version(name) for name in ("pytorch-ignite", "scipy", "SimpleITK", "nibabel", "tensorboard")},
+        **{name: version(name) for name in ("pytorch-ignite", "scipy", "SimpleITK", "nibabel")},
     }
 
 
@@ -1154,22 +1211,24 @@ def _build(
         folds = eval_metrics.get("test_folds", [])
         protocol = (
             f"Mean ± sample std over the held-out test folds {folds} of cross-validation (RUN/train/"
-            f"{chosen[0].slug}/cv_metrics.json): each fold's model never saw its test fold, which chose no "
-            f"checkpoint or threshold. The shipped weights are the {chosen[0].fold_dir.name} model of that recipe."
+            f"{chosen[0].slug}/cv_metrics.json): each fold's model was trained, and its checkpoint chosen, without "
+            f"its test fold. The shipped weights are the {chosen[0].fold_dir.name} model of that recipe."
             if eval_metrics
             else f"no cv_metrics.json in RUN/train/{chosen[0].slug}; train the spec on all folds to measure it."
         )
     texts = _data_texts(data)
+    packages = ("pytorch-ignite", "scipy", "SimpleITK", "nibabel")
+    requirements = {name: versions[name] for name in packages if versions[name]}
     metadata = _read_json(sources / kind / "configs" / "metadata.json")
     metadata.update(
         schema=SCHEMA_URL,
         monai_version=versions["monai"],
         pytorch_version=versions["torch"],
         numpy_version=versions["numpy"],
-        required_packages_version={
-            name: versions[name] for name in ("pytorch-ignite", "scipy", "SimpleITK", "nibabel") if versions[name]
-        },
-        optional_packages_version={"tensorboard": versions["tensorboard"]} if versions["tensorboard"] else {},
+        # MONAI >= 1.4 reads optional_packages_version as the deprecated name of required_packages_version and
+        # replaces one by the other, while the bundle specification still lists it: both hold the same packages
+        required_packages_version=requirements,
+        optional_packages_version=dict(requirements),
         data_source=texts["data_source"],
         eval_metrics=eval_metrics,
         eval_protocol=protocol,

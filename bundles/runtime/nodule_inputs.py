@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader
@@ -43,6 +44,21 @@ CUBE_SUFFIXES: tuple[str, ...] = (".npy", ".nii", ".nii.gz")
 SCAN_SUFFIXES: tuple[str, ...] = (".mhd", ".mha", ".nrrd", ".nhdr", ".dcm")
 #: DICOM tag of the modality in the reader's meta dictionary.
 _MODALITY_TAG = "0008|0060"
+
+
+def _series_modality(path: Path) -> str:
+    """The DICOM modality of the first slice of a series folder ("" when unknown or not a folder)."""
+    if not path.is_dir():
+        return ""
+    for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))[:1]:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_id)
+        if files:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+            reader.ReadImageInformation()
+            if reader.HasMetaDataKey(_MODALITY_TAG):
+                return reader.GetMetaData(_MODALITY_TAG)
+    return ""
 
 
 def describe_error(err: BaseException) -> str:
@@ -306,7 +322,7 @@ class NoduleInputd(MapTransform):
                 "series folder, .mhd or NIfTI scan",
                 path=str(path),
             )
-        modality = str(meta.get(_MODALITY_TAG, "")).strip().upper()
+        modality = str(meta.get(_MODALITY_TAG, "") or _series_modality(path)).strip().upper()
         if modality and modality != "CT":
             raise DataError(f"the DICOM modality is {modality!r}, not CT; the model only reads CT", path=str(path))
         lowest = float(np.min(array))

@@ -50,16 +50,19 @@ def run(args: argparse.Namespace) -> int:
         fold=args.fold,
         progress=no_progress if quiet else tqdm_progress,
     )
-    state = "up to date" if summary.get("skipped") else "written"
-    members = ", ".join(f"{m['spec']} ({m['weights']})" for m in summary["members"])
-    print(f"{summary['kind']} bundle {state}: {summary['bundle']}")
+    state = "up to date" if summary.skipped else "written"
+    members = ", ".join(f"{m['spec']} ({m['weights']})" for m in summary.members)
+    print(f"{summary.kind} bundle {state}: {summary.path}")
     print(f"  networks: {members}")
-    metrics = summary.get("eval_metrics") or {}
-    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    shown = {k: v for k, v in summary.eval_metrics.items() if isinstance(v, float)}
     if shown:
         print("  held-out metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     else:
         print("  held-out metrics: none recorded (see the bundle's README)")
-    print(f"  latency: {summary['latency_ms_per_nodule']:.2f} ms per nodule (CPU, 1 thread)")
+    print(f"  latency: {summary.latency_ms_per_nodule:.2f} ms per nodule (CPU, 1 thread)")
+    print(
+        f"  run it: python -m monai.bundle run --config_file {summary.path}/configs/inference.json "
+        f"--bundle_root {summary.path} --datalist FILE --output_dir DIR"
+    )
     logging.getLogger(__name__).debug("export summary: %s", summary)
     return 0
