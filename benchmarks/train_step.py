@@ -150,6 +150,8 @@ def learning_check(args: argparse.Namespace, scratch: Path) -> None:
         "batch_size": args.batch_size,
         "device": "$torch.device('cpu')",
     }
+    if args.check_lr is not None:
+        overrides["lr"] = args.check_lr
     start = time.perf_counter()
     result = train_fold(datalist, fold, scratch / "check_run", overrides=overrides)
     seconds = time.perf_counter() - start
@@ -160,7 +162,8 @@ def learning_check(args: argparse.Namespace, scratch: Path) -> None:
     chance_accuracy = float((test_labels == majority).mean())
     correct = test["tp"] + test["tn"]
     p_value = binomtest(int(correct), int(n), chance_accuracy, alternative="greater").pvalue
-    print(f"\nlearning check: {PAPER_MODEL_1}, A-Softmax, {args.check_epochs} epochs on {source}")
+    lr = overrides.get("lr", "the config's")
+    print(f"\nlearning check: {PAPER_MODEL_1}, A-Softmax, {args.check_epochs} epochs, lr {lr}, on {source}")
     print(
         f"  held-out fold {fold}: {n} nodules ({int(test_labels.sum())} malignant); train {result['n_train']}, "
         f"val {result['n_val']}; best epoch {result['best_epoch']}; {seconds:.0f} s"
@@ -188,6 +191,8 @@ def main() -> None:
     parser.add_argument("--check-fold", type=int, default=1)
     parser.add_argument("--check-epochs", type=int, default=10)
     parser.add_argument("--check-cubes", type=int, default=200)
+    parser.add_argument("--check-lr", type=float, help="learning rate of the check (default: the training config's)")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -197,10 +202,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        items = make_cubes(scratch / "cubes", args.cubes)
+        items = [] if args.no_throughput else make_cubes(scratch / "cubes", args.cubes)
         header = f"{'spec':<34} {'params':>10} {'dataset':<13} {'workers':>7} {'samples/s':>10} {'ms/step':>9}"
-        print(header + f" {'data wait':>10} {'cache s':>8}")
-        for spec in args.specs:
+        if not args.no_throughput:
+            print(header + f" {'data wait':>10} {'cache s':>8}")
+        for spec in [] if args.no_throughput else args.specs:
             params = count_parameters(build_network(spec, head="angular"))
             best = None
             for cache in (False, True):

@@ -51,6 +51,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """Open a temporary file for writing that replaces ``path`` atomically when the block ends without error."""
     if not any(m in mode for m in "wx"):
         raise ValueError(f"atomic_open writes only, got mode {mode!r}")
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")  # never the locale's: CI may run with LANG=C
     with atomic_path(path) as tmp, open(tmp, mode.replace("x", "w"), **kwargs) as handle:
         yield handle
         handle.flush()

@@ -213,7 +213,7 @@ def _read_params(path: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        return dict(json.loads(path.read_text()).get("params", {}))
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("params", {}))
     except (OSError, ValueError, AttributeError):
         return None
 

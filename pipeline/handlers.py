@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, TerminateOnNan
 from monai.data.utils import set_rnd
+
 from naslung.pipeline.atomic_io import atomic_path, write_json
 
 __all__ = [
@@ -131,7 +132,7 @@ class BestModelSaver:
         """The stored best record ``{"score", "epoch"}``, or None before the first validation."""
         if not self.record_path.is_file():
             return None
-        return json.loads(self.record_path.read_text())
+        return json.loads(self.record_path.read_text(encoding="utf-8"))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -221,10 +222,19 @@ class PredictionCollector:
 
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
-        ids = batch.get(self.id_key) if isinstance(batch, dict) else None
-        for index, item in enumerate(output):
+        if isinstance(batch, dict):  # not decollated: one list of ids for the batch
+            ids = batch.get(self.id_key)
+            batch_ids = [ids[i] if ids is not None else None for i in range(len(output))]
+        else:  # MONAI engines decollate the batch into one dict per item
+            batch_ids = [item.get(self.id_key) if isinstance(item, dict) else None for item in batch]
+        for item, nodule_id in zip(output, batch_ids, strict=True):
             logits = torch.as_tensor(item["pred"]).float().flatten()
             probability = float(torch.softmax(logits, dim=0)[1])
             label = int(torch.as_tensor(item["label"]).flatten()[0])
-            nodule_id = ids[index] if ids is not None else str(len(self.rows))
-            self.rows.append({"nodule_id": nodule_id, "label": label, "probability": probability})
+            self.rows.append(
+                {
+                    "nodule_id": str(nodule_id) if nodule_id is not None else str(len(self.rows)),
+                    "label": label,
+                    "probability": probability,
+                }
+            )

@@ -35,7 +35,7 @@ _METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -93,7 +93,7 @@ def _search(run: Path) -> str:
     journal = run / "search" / "journal.jsonl"
     if not journal.is_file():
         return _not_run("search", "naslung search --out RUN/search")
-    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    records = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")]
     summary = _read_json(run / "search" / "summary.json") or {}
     selected = (_read_json(run / "search" / "selected.json") or {}).get("specs", [])
     lines = [f"- candidates trained: **{len(records)}**"]
@@ -147,7 +147,7 @@ def _cv(run: Path) -> str:
 
 def _include(run: Path, relative: str, command: str) -> str:
     path = run / relative
-    return path.read_text() + "\n" if path.is_file() else _not_run(relative, command)
+    return path.read_text(encoding="utf-8") + "\n" if path.is_file() else _not_run(relative, command)
 
 
 def _latency(run: Path) -> str:

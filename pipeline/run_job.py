@@ -41,7 +41,7 @@ def load_profile(profile: str = "quick", config: str | os.PathLike | None = None
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     settings = json.loads(
-        resources.files("naslung.pipeline").joinpath("configs", f"profile_{profile}.json").read_text()
+        resources.files("naslung.pipeline").joinpath("configs", f"profile_{profile}.json").read_text(encoding="utf-8")
     )
     if config is not None:
         from monai.bundle import ConfigParser
@@ -160,7 +160,7 @@ def _selected_specs(ctx: RunContext) -> list[str]:
     path = ctx.run_dir / "search" / "selected.json"
     if not path.is_file():
         raise NaslungError(f"{path}: no selection; run `naslung search` first")
-    specs = json.loads(path.read_text()).get("specs", [])
+    specs = json.loads(path.read_text(encoding="utf-8")).get("specs", [])
     if not specs:
         raise NaslungError(f"{path}: the search selected no network (widen latency_budget_ms?)")
     return [str(s) for s in specs]
@@ -210,13 +210,13 @@ def _step_report(ctx: RunContext) -> str:
 
 
 def _step_export(ctx: RunContext) -> str:
-    from naslung.pipeline.bundle_export import export_bundle
+    from naslung.pipeline.bundle_export import export_bundle, trained_members
 
     settings = ctx.settings["export"]
     made = []
     if settings.get("single", True):
         made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_classifier"))
-    if settings.get("ensemble", True):
+    if settings.get("ensemble", True) and len(trained_members(ctx.run_dir)) >= 2:
         made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_ensemble", ensemble=True))
     return "bundles: " + ", ".join(str(Path(p).relative_to(ctx.run_dir)) for p in made)
 

@@ -31,7 +31,7 @@ def is_done(step_dir: str | os.PathLike, digest: str) -> bool:
     if not marker.is_file():
         return False
     try:
-        record = json.loads(marker.read_text())
+        record = json.loads(marker.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return False
     outputs_exist = all((Path(step_dir) / name).exists() for name in record.get("outputs", []))

@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 from monai.utils import set_determinism
+
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
 from naslung.pipeline.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError
@@ -45,7 +46,7 @@ _RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_ro
 
 
 def _packaged_config(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("naslung.pipeline").joinpath("configs", name).read_text())
+    return json.loads(resources.files("naslung.pipeline").joinpath("configs", name).read_text(encoding="utf-8"))
 
 
 def load_train_config(
@@ -191,7 +192,7 @@ def train_fold(
     digest = fingerprint({k: v for k, v in merged.items() if k not in _RUNTIME_KEYS}, ids)
     if is_done(fold_dir, digest):
         logger.info("%s is up to date; skipping", fold_dir)
-        return json.loads((fold_dir / "metrics.json").read_text())
+        return json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))
     fold_dir.mkdir(parents=True, exist_ok=True)
     write_json(fold_dir / "config.json", merged)
 
@@ -226,7 +227,7 @@ def train_fold(
     _write_predictions(fold_dir / "val_predictions.csv", val_rows)
     result: dict[str, Any] = {
         "test_fold": test_fold,
-        "best_epoch": json.loads(best_path.with_suffix(".json").read_text())["epoch"],
+        "best_epoch": json.loads(best_path.with_suffix(".json").read_text(encoding="utf-8"))["epoch"],
         "epochs_run": int(trainer.state.epoch),
         "val": binary_metrics([r["label"] for r in val_rows], [r["probability"] for r in val_rows]),
         "n_train": len(split.train),

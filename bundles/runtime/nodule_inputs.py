@@ -79,7 +79,7 @@ def _load_json_list(path: Path) -> list[Any]:
             '{"image": scan, "center_mm": [x, y, z]} or {"image": cube} entries'
         )
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: the datalist is not readable JSON ({err})") from err
     if not isinstance(content, list):

@@ -74,7 +74,7 @@ _SPACE_KEYS = ("channels", "min_blocks", "max_blocks", "stem", "depth_rule", "mi
 
 
 def _packaged_config() -> dict[str, Any]:
-    return json.loads(resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text())
+    return json.loads(resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text(encoding="utf-8"))
 
 
 def _read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def _replay_settings(
 def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
     path = out / "settings.json"
     if journal.exists() and len(journal) and path.is_file():
-        stored = json.loads(path.read_text())
+        stored = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
         if changed:
             raise SearchError(
@@ -266,7 +266,7 @@ def run_search_step(
     digest = fingerprint(settings, budgets, selection)
     if is_done(out, digest):
         logger.info("%s is up to date; skipping the search", out)
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         return {**summary, "skipped": True}
     _check_resume(out, journal, settings)
 

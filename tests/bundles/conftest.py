@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.datalists import read_manifest
@@ -17,6 +18,10 @@ from naslung.pipeline.training import spec_slug, train_folds
 
 #: Two tiny candidate specs (a few thousand parameters each) trained for one epoch.
 SPECS = ("[4,4,[4],[4],[4]]", "[4,4,[4],[4],[8]]")
+#: Factor on each spec's last residual-block normalisation: after one epoch the outputs hardly depend on the input
+#: (spread ~1e-5), so a 1e-4 comparison could not tell one cube from another; scaled, they spread ~1e-3 to 1e-2
+#: without saturating.
+OUTPUT_SPREAD_FACTORS = {SPECS[0]: 2000.0, SPECS[1]: 300.0}
 TRAIN_SETTINGS = {"batch_size": 8, "val_fraction": 0.3, "seed": 3, "max_epochs": 1}
 
 
@@ -36,6 +41,7 @@ class ScanCase:
     hu: np.ndarray
     mhd: Path
     dicom: Path
+    nifti: Path
     centre_mm: list[float]
 
 
@@ -64,6 +70,16 @@ def _write_cubes(data_dir: Path, n_cubes: int = 24) -> None:
     write_csv(data_dir / "manifest.csv", rows, list(rows[0]))
 
 
+def _spread_outputs(weights_path: Path, factor: float) -> None:
+    """Scale stage 5's last normalisation layers (homogeneous through ReLU) so the network's outputs vary."""
+    state = torch.load(weights_path, weights_only=True)
+    for key in state:
+        if key.startswith("stage5.block1.") and (".conv2.adn.N." in key or ".shortcut.adn.N." in key):
+            if key.endswith(("weight", "bias")):
+                state[key] = state[key] * factor
+    torch.save(state, weights_path)
+
+
 @pytest.fixture(scope="session")
 def bundle_run(tmp_path_factory) -> BundleRun:
     """A run directory: RUN/data (embedded-style manifest), RUN/train/<slug> for two specs (fold 1), RUN/ensemble."""
@@ -74,6 +90,7 @@ def bundle_run(tmp_path_factory) -> BundleRun:
     for spec in SPECS:
         slug = spec_slug(spec)
         train_folds(datalist, [1], root / "train" / slug, overrides={"arch": spec, **TRAIN_SETTINGS})
+        _spread_outputs(root / "train" / slug / "fold_1" / "checkpoints" / "best_model.pt", OUTPUT_SPREAD_FACTORS[spec])
         slugs.append(slug)
     summary = {"accuracy_mean": 0.75, "accuracy_std": 0.05, "f1_mean": 0.7, "f1_std": 0.1, "auc_mean": 0.8}
     write_json(
@@ -97,7 +114,9 @@ def exported(bundle_run):
 
 @pytest.fixture(scope="session")
 def scan_case(tmp_path_factory) -> ScanCase:
-    """A 48x48x40 CT (0.8 x 0.8 x 1.25 mm) of lung-like -900 HU with a 40 HU nodule, as .mhd and DICOM series."""
+    """A 48x48x40 CT (0.8 x 0.8 x 1.25 mm) of lung-like -900 HU with a 40 HU nodule: .mhd, DICOM series, NIfTI."""
+    import SimpleITK as sitk
+
     root = tmp_path_factory.mktemp("scans")
     spacing, origin = (0.8, 0.8, 1.25), (-30.0, 10.0, -100.0)
     grid = np.mgrid[:48, :48, :40].astype(float)
@@ -108,8 +127,9 @@ def scan_case(tmp_path_factory) -> ScanCase:
     hu[:, :, :2] = -1000
     write_mhd(hu, spacing, origin, root / "scan.mhd")
     write_dicom_series(hu, spacing, origin, root / "dicom", patient_id="P1", series_uid="1.2.826.0.1.3680043.2.1125.7")
+    sitk.WriteImage(sitk.ReadImage(str(root / "scan.mhd")), str(root / "scan.nii.gz"))
     centre = [origin[a] + peak[a] * spacing[a] for a in range(3)]
-    return ScanCase(hu, root / "scan.mhd", root / "dicom", centre)
+    return ScanCase(hu, root / "scan.mhd", root / "dicom", root / "scan.nii.gz", centre)
 
 
 @pytest.fixture

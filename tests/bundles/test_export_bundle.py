@@ -60,17 +60,22 @@ def _scan_cube(path: Path, centre_mm: list[float]) -> np.ndarray:
 
 
 def _write_datalist(folder: Path, scan_case, cube_path: str) -> Path:
-    """Good entries (MetaImage, DICOM, cube) then the bad ones, with their small bad files."""
+    """Good entries (MetaImage, DICOM and NIfTI scans, .npy and NIfTI cubes) then the bad ones, with their files."""
+    import nibabel as nib
+
     from naslung.pipeline.scan_writers import write_mhd
 
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "small.npy", np.zeros((16, 16, 16), np.float32))
     np.save(folder / "hu_cube.npy", np.full((32, 32, 32), -600.0, np.float32))
     write_mhd(np.full((12, 12, 12), 300, np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), folder / "mr.mhd")
+    nib.save(nib.Nifti1Image(np.load(cube_path), np.eye(4)), str(folder / "cube.nii.gz"))
     entries = [
         {"image": str(scan_case.mhd), "center_mm": scan_case.centre_mm, "nodule_id": "mhd"},
         {"image": str(scan_case.dicom), "center_mm": scan_case.centre_mm, "nodule_id": "dicom"},
+        {"image": str(scan_case.nifti), "center_mm": scan_case.centre_mm, "nodule_id": "nifti"},
         {"image": cube_path, "nodule_id": "cube"},
+        {"image": "cube.nii.gz", "nodule_id": "nifti_cube"},
     ]
     for entry, _ in BAD_ENTRIES:
         entries.append({**entry, "image": str(scan_case.mhd) if entry["image"] == "SCAN" else entry["image"]})
@@ -158,12 +163,15 @@ def test_classifier_inference_matches_naslung(exported, bundle_run, scan_case, t
     scan_cube = _scan_cube(scan_case.mhd, scan_case.centre_mm)
     expected_scan, expected_cube = _project_probabilities(network, [scan_cube, np.load(cube_path)])
     assert scan_cube.max() > 0.6  # the nodule is in the cube
-    for name, expected in (("mhd", expected_scan), ("dicom", expected_scan), ("cube", expected_cube)):
+    assert abs(expected_scan - expected_cube) > 10 * TOLERANCE  # the comparison can tell inputs apart
+    expected_rows = {"mhd": expected_scan, "dicom": expected_scan, "nifti": expected_scan, "cube": expected_cube}
+    expected_rows["nifti_cube"] = expected_cube
+    for name, expected in expected_rows.items():
         assert rows[name]["error"] == ""
         assert abs(float(rows[name]["probability"]) - expected) < TOLERANCE, name
         assert int(rows[name]["prediction"]) == int(expected > 0.5)
     _check_bad_rows(rows)
-    assert list(rows) == ["mhd", "dicom", "cube", *(entry["nodule_id"] for entry, _ in BAD_ENTRIES)]
+    assert list(rows) == [*expected_rows, *(entry["nodule_id"] for entry, _ in BAD_ENTRIES)]
 
 
 def test_ensemble_inference_without_naslung(exported, bundle_run, scan_case, tmp_path):

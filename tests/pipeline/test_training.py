@@ -116,3 +116,14 @@ def test_spec_slug(spec, slug):
     from naslung.pipeline.training import spec_slug
 
     assert spec_slug(spec) == slug
+
+
+def test_predict_keeps_nodule_ids_and_order(cube_datalist):
+    from naslung.networks import build_network
+    from naslung.pipeline.training import predict
+
+    network = build_network("[4,4,[4],[4],[4]]").eval()
+    rows = predict(network, cube_datalist[:5], batch_size=2)
+    assert [r["nodule_id"] for r in rows] == [d["nodule_id"] for d in cube_datalist[:5]]
+    assert [r["label"] for r in rows] == [d["label"] for d in cube_datalist[:5]]
+    assert all(0.0 <= r["probability"] <= 1.0 for r in rows)

@@ -191,7 +191,7 @@ def test_bad_config_is_refused(config, message):
 def test_packaged_config_is_the_paper_space():
     config = load_search_config()
     assert SearchSpace(**config["space"]).size() == 42426
-    assert config["epochs_per_candidate"] == 10 and config["test_folds"] == [1, 2, 3, 4, 5]
+    assert config["epochs_per_candidate"] == 10 and config["test_folds"] == [0, 1, 2, 3, 4]
     assert config["attention"] == "channel_first" and config["loss_name"] == "asoftmax"
 
 
