@@ -124,8 +124,13 @@ def _step_prepare(ctx: RunContext) -> str:
         return f"{summary.nodules} nodules from {summary.scans_found} scans ({summary.scans_rejected} rejected)"
     from naslung.pipeline.cohort import load_default_cohort
     from naslung.pipeline.embedded import render_embedded
+    from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
     rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
+    malignant = sum(int(r["label"]) for r in rows)
+    digest = fingerprint(settings, [r["nodule_id"] for r in rows])
+    if is_done(ctx.data_dir, digest):
+        return f"embedded data up to date: {len(rows)} nodules ({malignant} malignant)"
     summary = render_embedded(
         ctx.data_dir,
         rows=rows,
@@ -134,7 +139,7 @@ def _step_prepare(ctx: RunContext) -> str:
         workers=int(settings.get("workers", 2)),
         progress=ctx.progress,
     )
-    malignant = sum(int(r["label"]) for r in rows)
+    mark_done(ctx.data_dir, digest, ["manifest.csv"], {"nodules": len(rows), "malignant": malignant})
     return f"embedded data: {len(rows)} nodules ({malignant} malignant), {summary.get('n_scans', '?')} whole scans"
 
 
@@ -198,7 +203,10 @@ def _step_ensemble(ctx: RunContext) -> str:
 def _step_evaluate(ctx: RunContext) -> str:
     from naslung.pipeline.analysis import run_evaluate_step
 
-    result = run_evaluate_step(ctx.run_dir, overrides=ctx.settings["evaluate"], progress=ctx.progress)
+    train = _train_overrides(ctx)
+    folds = train.pop("folds", None)
+    overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **ctx.settings["evaluate"]}
+    result = run_evaluate_step(ctx.run_dir, overrides=overrides, progress=ctx.progress)
     return f"analyses: {', '.join(result.get('figures', []))}"
 
 

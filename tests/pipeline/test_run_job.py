@@ -1,0 +1,95 @@
+"""``naslung run`` end to end on a tiny config: every artefact, and a killed run resumes without redoing work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from naslung.pipeline.cli import main
+from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.run_job import load_profile, subsample_cohort
+
+TINY = {
+    "prepare": {"subsample_nodules": 40, "scans": 1, "workers": 1},
+    "search": {
+        "space": {"channels": [4, 8], "min_blocks": 3, "max_blocks": 3},
+        "epochs_per_candidate": 1,
+        "max_candidates": 2,
+        "batch_size": 1,
+        "select_top_n": 2,
+        "executor": "sequential",
+        "latency_repeats": 1,
+        "latency_warmup": 1,
+        "train": {"batch_size": 8},
+    },
+    "train": {"max_epochs": 1, "folds": [0], "batch_size": 8},
+    "evaluate": {"max_specs": 1, "analyses": ["attention", "training_curves"]},
+    "export": {"single": True, "ensemble": False},
+}
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_tiny_run_killed_then_resumed(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY), encoding="utf-8")
+    run = tmp_path / "run"
+    args = ["run", "--config", str(config), "--out", str(run)]
+
+    import naslung.pipeline.training as training
+
+    def killed(*args, **kwargs):
+        raise _Killed("simulated kill during retraining")
+
+    monkeypatch.setattr(training, "train_folds", killed)
+    with pytest.raises(_Killed):
+        main(args)
+    stamps = {p: (run / p).stat().st_mtime_ns for p in ("data/manifest.csv", "search/journal.jsonl")}
+    journal_lines = (run / "search" / "journal.jsonl").read_text(encoding="utf-8").count("\n")
+    monkeypatch.undo()
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[prepare]" in out and "[report]" in out and "report.md" in out
+    for path, stamp in stamps.items():  # finished steps were not redone
+        assert (run / path).stat().st_mtime_ns == stamp, path
+    assert (run / "search" / "journal.jsonl").read_text(encoding="utf-8").count("\n") == journal_lines
+    for artefact in (
+        "report.md",
+        "report.html",
+        "search/pareto.png",
+        "search/selected.json",
+        "ensemble/metrics.json",
+        "analysis/attention.png",
+        "bundles/naslung_classifier/configs/inference.json",
+        "bundles/smoke.json",
+    ):
+        assert (run / artefact).is_file(), artefact
+    assert json.loads((run / "bundles" / "smoke.json").read_text(encoding="utf-8"))["status"] == "ok"
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "This step has not run yet" not in report.split("## Ablation")[0]
+
+
+def test_profiles_and_unknown_section(tmp_path):
+    assert load_profile("quick")["train"]["folds"] == [0, 1]
+    assert load_profile("paper")["train"]["max_epochs"] == 700
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"trian": {}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        load_profile("quick", bad)
+
+
+def test_subsample_keeps_patients_whole_and_is_deterministic():
+    rows = [
+        {"nodule_id": f"n{i}", "patient_id": f"p{i // 3}", "fold": (i // 3) % 4, "label": int(i % 5 == 0)}
+        for i in range(120)
+    ]
+    a, b = subsample_cohort(rows, 40, seed=1), subsample_cohort(rows, 40, seed=1)
+    assert a == b and 30 <= len(a) <= 55
+    chosen = {r["patient_id"] for r in a}
+    assert all(sum(r["patient_id"] == p for r in a) == 3 for p in chosen)
+    assert {r["fold"] for r in a} == {0, 1, 2, 3}
+    assert subsample_cohort(rows, None) == rows
