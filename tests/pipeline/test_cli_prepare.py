@@ -144,3 +144,10 @@ def test_prepare_embedded_calls_the_renderer(tmp_path, monkeypatch, capsys):
     assert calls == [(str(tmp_path), None, 1, 3, 2)]
     printed = capsys.readouterr().out
     assert "5 nodules (3 rendered, 2 kept), 1 whole scans" in printed
+
+
+def test_update_package_refuses_rule_options(tmp_path, capsys):
+    from naslung.pipeline.cli import main as cli_main
+
+    assert cli_main(["prepare", "cohort", "--out", str(tmp_path), "--update-package", "--min-readers", "4"]) == 1
+    assert "--update-package rebuilds the default cohort" in capsys.readouterr().err
