@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
+
 from naslung.transforms import cut_cube_hu, resample_scan_hu, sample_cube_hu, train_transforms
 
 __all__ = ["make_scan", "bench_extraction", "bench_augmentation", "main"]

@@ -11,6 +11,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import look_up_option
+
 from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
 from naslung.networks.losses import AngularLinear

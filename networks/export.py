@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.utils import look_up_option
+
 from naslung.pipeline.errors import ConfigError
 
 __all__ = [

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 from monai.networks.nets import DenseNet121, SEResNet50, resnet18, resnet50
+
 from naslung.networks.cbam_resnet import CBAMResNet3D
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
 from naslung.pipeline.errors import ConfigError

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.utils import look_up_option
+
 from naslung.pipeline.errors import ConfigError
 
 __all__ = [

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from naslung.pipeline.errors import ConfigError
 from torch.utils.flop_counter import FlopCounterMode
+
+from naslung.pipeline.errors import ConfigError
 
 __all__ = ["CostProfile", "count_parameters", "count_macs", "measure_latency_ms", "fixed_threads", "profile"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.errors import DataError
 
 __all__ = ["MANIFEST_COLUMNS", "read_manifest", "FoldSplit", "split_for_fold"]

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.errors import DataError
 
 __all__ = ["l2_normalise", "class_separation", "tsne_embedding"]

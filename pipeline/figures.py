@@ -14,6 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+
 from naslung.pipeline.atomic_io import atomic_path
 from naslung.pipeline.errors import DataError
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from monai.handlers import ROCAUC, ConfusionMatrix
 from monai.utils import look_up_option
+
 from naslung.pipeline.errors import DataError
 
 __all__ = [

@@ -93,7 +93,9 @@ def _search(run: Path) -> str:
     journal = run / "search" / "journal.jsonl"
     if not journal.is_file():
         return _not_run("search", "naslung search --out RUN/search")
-    records = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")]
+    records = [
+        json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")
+    ]
     summary = _read_json(run / "search" / "summary.json") or {}
     selected = (_read_json(run / "search" / "selected.json") or {}).get("specs", [])
     lines = [f"- candidates trained: **{len(records)}**"]

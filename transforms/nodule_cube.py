@@ -12,8 +12,9 @@ from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import MapTransform, ScaleIntensityRange, Transform
 from monai.utils import MetaKeys, SpaceKeys, TransformBackends, convert_to_dst_type, look_up_option
-from naslung.pipeline.errors import DataError
 from scipy.ndimage import affine_transform
+
+from naslung.pipeline.errors import DataError
 
 __all__ = [
     "HU_WINDOW",

@@ -12,6 +12,7 @@ from monai.config import PathLike
 from monai.data import ImageReader
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
 from naslung.pipeline.errors import DataError
 
 __all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES"]

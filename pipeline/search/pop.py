@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.errors import SearchError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.search.journal import SearchJournal

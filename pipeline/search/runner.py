@@ -74,7 +74,9 @@ _SPACE_KEYS = ("channels", "min_blocks", "max_blocks", "stem", "depth_rule", "mi
 
 
 def _packaged_config() -> dict[str, Any]:
-    return json.loads(resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text(encoding="utf-8"))
+    return json.loads(
+        resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text(encoding="utf-8")
+    )
 
 
 def _read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:

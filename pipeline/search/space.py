@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
 from naslung.pipeline.errors import SearchError
 
 __all__ = [

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from naslung.networks import (
     AngularLinear,
     AngularSoftmaxLoss,

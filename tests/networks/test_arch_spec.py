@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from naslung.networks import PAPER_MODEL_1, ArchSpec
 from naslung.pipeline.errors import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from naslung.networks.blocks import CBAMBlock, ChannelAttention, SpatialAttention
 from naslung.pipeline.errors import ConfigError
 

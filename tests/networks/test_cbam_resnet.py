@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from naslung.networks import PAPER_MODEL_1, ArchSpec, CBAMResNet3D, count_parameters
 from naslung.networks.blocks import CBAMBlock
 from naslung.pipeline.errors import ConfigError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from naslung.networks import (
     CBAMResNet3D,
     OnnxRuntimeModel,

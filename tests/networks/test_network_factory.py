@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from naslung.networks import NETWORKS, ArchSpec, CBAMResNet3D, build_network
 from naslung.pipeline.errors import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from naslung.networks import CBAMResNet3D, CostProfile, count_macs, count_parameters, fixed_threads, profile
 from naslung.pipeline.errors import ConfigError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from naslung.pipeline.atomic_io import append_jsonl, atomic_open, atomic_path, read_jsonl, write_csv
 from naslung.pipeline.errors import DataError
 

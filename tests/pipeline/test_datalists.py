@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.datalists import read_manifest, split_for_fold
 from naslung.pipeline.errors import DataError

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import davies_bouldin_score
+
 from naslung.pipeline.discriminability import class_separation, l2_normalise, tsne_embedding
 from naslung.pipeline.errors import DataError
-from sklearn.metrics import davies_bouldin_score
 
 
 def test_class_separation_hand_made():

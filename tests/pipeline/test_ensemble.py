@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.ensemble import (
     ensemble_metrics,
     ensemble_size_study,

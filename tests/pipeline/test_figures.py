@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.figures import (
     plot_attention_panels,

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import (
     BinaryConfusionMetric,
@@ -30,7 +32,6 @@ from naslung.pipeline.published import (
     results_table,
     write_results_table,
 )
-from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
 
 def _sklearn_reference(y_true, prob, threshold=0.5):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError

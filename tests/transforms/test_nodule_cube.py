@@ -11,6 +11,7 @@ import torch
 from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImaged
+
 from naslung.pipeline.errors import DataError
 from naslung.transforms import (
     HU_WINDOW,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
+
 from naslung.transforms import eval_transforms, train_transforms
 
 

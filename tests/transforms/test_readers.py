@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImage, LoadImaged
+
 from naslung.pipeline.errors import DataError
 from naslung.transforms import SimpleITKReader
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+
 from naslung.pipeline.errors import SearchError
 from naslung.pipeline.search.journal import JOURNAL_FIELDS, SearchJournal, write_pareto_csv
 

@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from naslung.pipeline.errors import SearchError
 from naslung.pipeline.search.pareto import dominates, is_dominated, pareto_front
 

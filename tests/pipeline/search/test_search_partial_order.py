@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from naslung.pipeline.search.partial_order import comparable, precedes, stage_embeds, strictly_precedes
 from naslung.pipeline.search.space import SearchSpace
 

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+
 from naslung.pipeline.errors import SearchError
 from naslung.pipeline.search.journal import SearchJournal
 from naslung.pipeline.search.pareto import pareto_front

@@ -7,9 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from naslung.pipeline.errors import SearchError
 from naslung.pipeline.search.space import SearchSpace, arch_from, arch_to_text
-from scipy import stats
 
 
 def _brute_force(channels, min_blocks, max_blocks, depth_rule, min_stage_blocks, monotone):
