@@ -5,7 +5,8 @@ Run: ``python benchmarks/latency.py [--threads 1] [--repeats 30] [--large-batch 
 For each spec it prints parameters, MACs per nodule and ms per nodule at batch 1 and at the large batch for the
 three inference paths (timed in turn within each repeat, median reported), each path's largest logit difference
 from eager, and the speed-up of the fastest numerically equal path over eager. A square fp32 GEMM timed in the
-same run gives this machine's compute rate, against which the fastest path's time is compared (MACs per nodule / GEMM rate = the time a path would need at GEMM efficiency).
+same run gives this machine's compute rate, against which the fastest path's time is compared (MACs per nodule /
+GEMM rate = the time a path would need at GEMM efficiency).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def run_once(name: str, data: Path, out: Path, config: dict[str, Any]) -> dict[s
     start = time.perf_counter()
     summary = run_search_step(out, config, data_dir=data)
     summary["wall_seconds"] = time.perf_counter() - start
-    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
     summary["specs"] = [r["spec"] for r in journal]
     summary["name"] = name
     return summary

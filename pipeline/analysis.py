@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from naslung.pipeline.atomic_io import atomic_open, read_jsonl, write_csv, write_json
+from naslung.pipeline.config_files import read_config_file
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
@@ -156,20 +157,13 @@ def load_evaluate_config(
     """
     from monai.bundle import ConfigParser
 
-    packaged = json.loads(resources.files("naslung.pipeline").joinpath("configs", DEFAULT_EVALUATE_CONFIG).read_text())
+    packaged = json.loads(
+        resources.files("naslung.pipeline").joinpath("configs", DEFAULT_EVALUATE_CONFIG).read_text(encoding="utf-8")
+    )
     parser = ConfigParser(packaged)
     updates: list[tuple[str, Any]] = []
     if config is not None:
-        if isinstance(config, Mapping):
-            user = dict(config)
-        else:
-            path = Path(config)
-            if not path.is_file():
-                raise ConfigError(f"{path}: evaluation config not found")
-            try:
-                user = ConfigParser.load_config_file(path)
-            except Exception as err:  # noqa: BLE001 - MONAI raises several kinds for bad files
-                raise ConfigError(f"{path}: cannot read the evaluation config ({err})") from err
+        user = dict(config) if isinstance(config, Mapping) else read_config_file(config, "evaluation config")
         updates += list(user.items())
     updates += list((overrides or {}).items())
     for key, value in updates:
@@ -217,7 +211,7 @@ def load_trained_network(
         if not path.is_file():
             raise DataError("missing; re-run the training of this fold", path=str(path))
     try:
-        network = ConfigParser(json.loads(config_path.read_text())).get_parsed_content("network_def")
+        network = ConfigParser(json.loads(config_path.read_text(encoding="utf-8"))).get_parsed_content("network_def")
     except Exception as err:  # noqa: BLE001 - bundle parsing raises many kinds
         raise ConfigError(f"{config_path}: cannot build network_def ({err})") from err
     try:
@@ -415,7 +409,7 @@ def train_variant(
         candidate = None if reuse_dir is None else Path(reuse_dir) / f"fold_{fold}"
         if candidate is not None and _reusable(candidate, datalist, fold, merged):
             logger.info("%s %s fold %d: reusing %s", spec, variant, fold, candidate)
-            metrics = json.loads((candidate / "metrics.json").read_text())
+            metrics = json.loads((candidate / "metrics.json").read_text(encoding="utf-8"))
             run.fold_dirs[fold], run.reused[fold] = candidate, True
         else:
             metrics = train_fold(datalist, fold, out_dir, base, overrides, show_progress=show_progress)
@@ -737,7 +731,7 @@ def training_curve_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLik
                 records.append(entry)
             config = fold_dir / "config.json"
             if config.is_file():
-                spec = str(json.loads(config.read_text()).get("arch", spec))
+                spec = str(json.loads(config.read_text(encoding="utf-8")).get("arch", spec))
         if not records:
             continue
         written.append(
@@ -754,7 +748,7 @@ def _selected_specs(run: Path) -> list[str]:
     if not path.is_file():
         return []
     try:
-        return [str(s) for s in json.loads(path.read_text()).get("specs", [])]
+        return [str(s) for s in json.loads(path.read_text(encoding="utf-8")).get("specs", [])]
     except (json.JSONDecodeError, AttributeError) as err:
         raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(path)) from err
 
@@ -771,7 +765,7 @@ def _trained(run: Path) -> dict[str, dict[str, Any]]:
         )
         if not folds:
             continue
-        config = json.loads((member / f"fold_{folds[0]}" / "config.json").read_text())
+        config = json.loads((member / f"fold_{folds[0]}" / "config.json").read_text(encoding="utf-8"))
         found[member.name] = {"spec": str(config.get("arch", member.name)), "config": config, "folds": folds}
     return found
 
@@ -850,7 +844,7 @@ def run_evaluate_step(
     digest = fingerprint(cfg, specs, folds, [manifest.stat().st_size, manifest.stat().st_mtime_ns], done_markers)
     if not force and is_done(out, digest):
         logger.info("%s is up to date; skipping", out)
-        return {**json.loads((out / "summary.json").read_text()), "skipped": True}
+        return {**json.loads((out / "summary.json").read_text(encoding="utf-8")), "skipped": True}
 
     analyses = list(cfg["analyses"])
     jobs: list[tuple[str, str]] = []

@@ -13,9 +13,28 @@ import numpy as np
 
 from naslung.pipeline.errors import DataError
 
-__all__ = ["MANIFEST_COLUMNS", "read_manifest", "FoldSplit", "split_for_fold"]
+__all__ = ["MANIFEST_FIELD_ORDER", "MANIFEST_COLUMNS", "read_manifest", "FoldSplit", "split_for_fold"]
 
 logger = logging.getLogger(__name__)
+
+#: Every column of a cube manifest, in order (``prepare embedded`` and ``prepare dicom|luna16|lidc`` write them).
+MANIFEST_FIELD_ORDER: tuple[str, ...] = (
+    "nodule_id",
+    "patient_id",
+    "series_uid",
+    "image",
+    "label",
+    "fold",
+    "diameter_mm",
+    "malignancy_mean",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "source",
+)
 
 #: Columns every cube manifest has (``prepare`` and ``prepare embedded`` write them).
 MANIFEST_COLUMNS: tuple[str, ...] = ("nodule_id", "patient_id", "series_uid", "image", "label", "fold")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
+from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.scan_writers import write_dicom_series, write_mhd
@@ -53,23 +54,7 @@ logger = logging.getLogger(__name__)
 
 #: Edge of the nodule cubes in voxels (1 mm spacing), as in the paper.
 CUBE_SIZE = 32
-MANIFEST_FIELDS = [
-    "nodule_id",
-    "patient_id",
-    "series_uid",
-    "image",
-    "label",
-    "fold",
-    "diameter_mm",
-    "malignancy_mean",
-    "x_mm",
-    "y_mm",
-    "z_mm",
-    "i",
-    "j",
-    "k",
-    "source",
-]
+MANIFEST_FIELDS = list(MANIFEST_FIELD_ORDER)
 LUNA16_ANNOTATION_FIELDS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 TRUTH_FIELDS = [
     "nodule_id",

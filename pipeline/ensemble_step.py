@@ -102,7 +102,7 @@ def _member_spec(directory: Path, folds: Sequence[int]) -> str:
     for fold in folds:
         config = directory / f"fold_{fold}" / "config.json"
         try:
-            arch = json.loads(config.read_text()).get("arch")
+            arch = json.loads(config.read_text(encoding="utf-8")).get("arch")
         except (OSError, json.JSONDecodeError):
             continue
         if arch:
@@ -117,7 +117,7 @@ def _selected_slugs(run: Path) -> list[str]:
     if not selected.is_file():
         return []
     try:
-        specs = json.loads(selected.read_text()).get("specs", [])
+        specs = json.loads(selected.read_text(encoding="utf-8")).get("specs", [])
     except (OSError, json.JSONDecodeError, AttributeError) as err:
         raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(selected)) from err
     return [spec_slug(spec) for spec in specs]
@@ -346,7 +346,7 @@ def run_ensemble_step(
     digest = fingerprint(stamps, settings, [m.slug for m in found])
     if not force and is_done(out, digest):
         logger.info("%s is up to date; skipping", out)
-        return {**json.loads((out / "metrics.json").read_text()), "skipped": True}
+        return {**json.loads((out / "metrics.json").read_text(encoding="utf-8")), "skipped": True}
 
     names = [m.slug for m in found]
     per_fold, member_folds = [], {m.slug: [] for m in found}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import append_jsonl, atomic_path, read_jsonl, write_csv, write_json
+from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.scan_io import (
@@ -60,23 +61,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PREPARE_KINDS: tuple[str, ...] = ("lidc", "luna16", "dicom")
-PREPARE_MANIFEST_COLUMNS: tuple[str, ...] = (
-    "nodule_id",
-    "patient_id",
-    "series_uid",
-    "image",
-    "label",
-    "fold",
-    "diameter_mm",
-    "malignancy_mean",
-    "x_mm",
-    "y_mm",
-    "z_mm",
-    "i",
-    "j",
-    "k",
-    "source",
-)
+PREPARE_MANIFEST_COLUMNS: tuple[str, ...] = MANIFEST_FIELD_ORDER
 REJECT_COLUMNS: tuple[str, ...] = ("path", "series_uid", "reason")
 #: Cube edge (voxels) and voxel size (mm), as NAS-Lung's 32³ inputs at 1 mm.
 CUBE_SIZE = 32

@@ -14,13 +14,13 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.progress import Progress, no_progress
 
@@ -40,16 +40,10 @@ def load_profile(profile: str = "quick", config: str | os.PathLike | None = None
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
-    settings = json.loads(
-        resources.files("naslung.pipeline").joinpath("configs", f"profile_{profile}.json").read_text(encoding="utf-8")
-    )
+    settings = packaged_config(f"profile_{profile}.json")
     if config is not None:
-        from monai.bundle import ConfigParser
-
         path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"{path}: run config not found")
-        user = ConfigParser.load_config_file(path)
+        user = read_config_file(path, "run config")
         for section, values in user.items():
             if section.startswith("_"):
                 continue

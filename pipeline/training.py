@@ -8,7 +8,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import set_determinism
 
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
+from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.handlers import PredictionCollector
@@ -45,10 +45,6 @@ DEFAULT_TRAIN_CONFIG = "train.json"
 _RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_root", "dataset_dir")
 
 
-def _packaged_config(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("naslung.pipeline").joinpath("configs", name).read_text(encoding="utf-8"))
-
-
 def load_train_config(
     config: str | os.PathLike | dict | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -59,18 +55,9 @@ def load_train_config(
     Raises:
         ConfigError: the file is missing or unreadable, or an override names an unknown key.
     """
-    parser = ConfigParser(_packaged_config(DEFAULT_TRAIN_CONFIG))
+    parser = ConfigParser(packaged_config(DEFAULT_TRAIN_CONFIG))
     if config is not None:
-        if isinstance(config, dict):
-            user = config
-        else:
-            path = Path(config)
-            if not path.is_file():
-                raise ConfigError(f"{path}: config file not found")
-            try:
-                user = ConfigParser.load_config_file(path)
-            except Exception as err:  # noqa: BLE001 - MONAI raises several kinds for bad files
-                raise ConfigError(f"{path}: cannot read config ({err})") from err
+        user = config if isinstance(config, dict) else read_config_file(config, "config file")
         for key, value in user.items():
             parser[key] = value
     for key, value in (overrides or {}).items():

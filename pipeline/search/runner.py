@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.config_files import read_config_file
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.search.candidate import CandidateEvaluator, CandidateProfiler, search_datalist
@@ -79,21 +80,6 @@ def _packaged_config() -> dict[str, Any]:
     )
 
 
-def _read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    from monai.bundle import ConfigParser
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{file}: {what} not found")
-    try:
-        content = ConfigParser.load_config_file(file)
-    except Exception as err:  # noqa: BLE001 - MONAI raises several kinds for bad files
-        raise ConfigError(f"{file}: cannot read {what} ({err})") from err
-    if not isinstance(content, dict):
-        raise ConfigError(f"{file}: {what} must be a mapping of keys to values")
-    return dict(content)
-
-
 def load_search_config(
     config: str | os.PathLike | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -108,9 +94,7 @@ def load_search_config(
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(_packaged_config())
-    user = (
-        {} if config is None else dict(config) if isinstance(config, Mapping) else _read_config_file(config, "config")
-    )
+    user = {} if config is None else dict(config) if isinstance(config, Mapping) else read_config_file(config, "config")
     for source, items in (("config", user), ("override", dict(overrides or {}))):
         for key, value in items.items():
             head = key.split("#")[0]
@@ -241,7 +225,7 @@ def run_search_step(
     logger.info("search space: %d candidates (%s)", space.size(), space.describe())
     datalist = search_datalist(read_manifest(Path(data) / "manifest.csv"), cfg["test_folds"])
 
-    train_config = _read_config_file(cfg["train_config"], "training config") if cfg.get("train_config") else None
+    train_config = read_config_file(cfg["train_config"], "training config") if cfg.get("train_config") else None
     evaluator = CandidateEvaluator(
         datalist,
         out / "candidates",

@@ -26,7 +26,7 @@ def _remove(path: Path) -> None:
 def _edit_json(relative: str, change):
     def apply(root: Path) -> None:
         path = root / relative
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
         change(content)
         path.write_text(json.dumps(content))
 

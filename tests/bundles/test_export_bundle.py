@@ -42,7 +42,7 @@ BAD_ENTRIES = [
 def _project_network(bundle_run, slug: str) -> torch.nn.Module:
     """The network as naslung's training config builds it, with the run's own best weights (not the bundle's)."""
     fold_dir = bundle_run.root / "train" / slug / "fold_1"
-    config = load_train_config(json.loads((fold_dir / "config.json").read_text()))
+    config = load_train_config(json.loads((fold_dir / "config.json").read_text(encoding="utf-8")))
     network = ConfigParser(config).get_parsed_content("network_def")
     network.load_state_dict(torch.load(fold_dir / "checkpoints" / "best_model.pt", weights_only=True))
     return network.eval()
@@ -99,12 +99,12 @@ def _check_bad_rows(rows: dict[str, dict[str, str]]) -> None:
 def test_classifier_bundle_files_and_metadata(exported, bundle_run):
     bundle = Path(exported["classifier"])
     assert check_bundle_layout(bundle) == []
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["schema"].endswith("meta_schema_20240725.json")
     assert metadata["version"] in metadata["changelog"]
     assert "SYNTHETIC" in metadata["data_source"]
-    assert "Trained on synthetic data" in (bundle / "docs" / "README.md").read_text()
-    cv = json.loads((bundle_run.root / "train" / bundle_run.slugs[0] / "cv_metrics.json").read_text())
+    assert "Trained on synthetic data" in (bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    cv = json.loads((bundle_run.root / "train" / bundle_run.slugs[0] / "cv_metrics.json").read_text(encoding="utf-8"))
     assert metadata["eval_metrics"]["accuracy_mean"] == pytest.approx(cv["summary"]["accuracy_mean"])
     image = metadata["network_data_format"]["inputs"]["image"]
     assert (image["num_channels"], image["spatial_shape"], image["value_range"]) == (1, [32, 32, 32], [0, 1])
@@ -122,14 +122,16 @@ def test_classifier_bundle_files_and_metadata(exported, bundle_run):
         assert torch.allclose(scripted(cube), network(cube), atol=1e-5)
     # the configs hold no trace of naslung: everything comes from the bundle's scripts/ package
     for name in ("inference.json", "evaluate.json", "train.json"):
-        assert "naslung." not in (bundle / "configs" / name).read_text().replace("naslung_bundle", ""), name
+        assert "naslung." not in (bundle / "configs" / name).read_text(encoding="utf-8").replace(
+            "naslung_bundle", ""
+        ), name
     assert not list(bundle.rglob("*.pyc"))
 
 
 def test_ensemble_bundle_layout(exported, bundle_run):
     bundle = Path(exported["ensemble"])
     assert check_bundle_layout(bundle) == []
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert [a["slug"] for a in metadata["network_architecture"]] == bundle_run.slugs
     assert metadata["eval_metrics"]["f1_mean"] == pytest.approx(0.7)
     combined = torch.load(bundle / "models" / "model.pt", weights_only=True)
@@ -254,7 +256,7 @@ def test_verify_metadata_and_net_in_out(exported, tmp_path, bundle_imports):
         )
         for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
             del sys.modules[name]
-    broken = copy.deepcopy(json.loads(Path(meta).read_text()))
+    broken = copy.deepcopy(json.loads(Path(meta).read_text(encoding="utf-8")))
     del broken["network_data_format"]["inputs"]["image"]["dtype"]
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="dtype"):

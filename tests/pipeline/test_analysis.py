@@ -201,11 +201,11 @@ def test_evaluate_step_end_to_end(trained_run):
     assert not (out / "ablation" / spec_slug(TINY_SPEC) / "cbam_angular").exists()
     assert (out / "ablation" / spec_slug(TINY_SPEC) / "cbam" / "fold_1" / "test_predictions.csv").is_file()
     trained_config = json.loads(
-        (out / "ablation" / spec_slug(TINY_SPEC) / "cbam" / "fold_1" / "config.json").read_text()
+        (out / "ablation" / spec_slug(TINY_SPEC) / "cbam" / "fold_1" / "config.json").read_text(encoding="utf-8")
     )
     assert trained_config["loss_name"] == "softmax" and trained_config["max_epochs"] == 1  # RUN/train's setting
     assert int(rows[(TINY_SPEC, "cbam")]["params"]) > 0
-    assert "published" in (out / "ablation.md").read_text()
+    assert "published" in (out / "ablation.md").read_text(encoding="utf-8")
 
     disc = _csv(out / "discriminability.csv")
     ours = {(r["loss"], r["features"]) for r in disc if r["source"] == "ours"}

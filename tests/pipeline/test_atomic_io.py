@@ -23,13 +23,13 @@ def test_atomic_path_keeps_suffix_and_replaces(tmp_path):
     with atomic_path(target) as tmp:
         assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
         tmp.write_text("new")
-    assert target.read_text() == "new"
+    assert target.read_text(encoding="utf-8") == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.nii.gz"]
 
 
 def test_write_csv_roundtrip(tmp_path):
     path = write_csv(tmp_path / "a.csv", [{"x": 1, "y": "b"}], ["x", "y"])
-    assert path.read_text().splitlines() == ["x,y", "1,b"]
+    assert path.read_text(encoding="utf-8").splitlines() == ["x,y", "1,b"]
 
 
 def test_jsonl_drops_torn_tail_and_appends_cleanly(tmp_path):

@@ -36,7 +36,7 @@ def test_ensemble_command(tmp_path, capsys, extra, members):
     printed = capsys.readouterr().out
     assert f"ensemble of {len(members)} ({', '.join(members)})" in printed
     assert "fold 1" in printed and "fold 2" in printed and "mean ± std" in printed
-    saved = json.loads((run / "ensemble" / "metrics.json").read_text())
+    saved = json.loads((run / "ensemble" / "metrics.json").read_text(encoding="utf-8"))
     assert [m["slug"] for m in saved["members"]] == members
     for name in ("per_fold.csv", "ensemble_size.csv", "ensemble_size.png", "results_table.md", "results_table.csv"):
         assert (run / "ensemble" / name).is_file(), name

@@ -183,7 +183,7 @@ def test_minimal_cohort_csv_is_read(tmp_path):
     path = tmp_path / "minimal.csv"
     path.write_text(",".join(REQUIRED_COLUMNS) + "\n" + ",".join(str(row[c]) for c in REQUIRED_COLUMNS) + "\n")
     assert read_cohort_csv(path) == [row]
-    path.write_text(path.read_text().replace(f",{row['fold']},", ",,", 1))
+    path.write_text(path.read_text(encoding="utf-8").replace(f",{row['fold']},", ",,", 1))
     assert read_cohort_csv(path)[0]["fold"] is None
 
 
@@ -212,7 +212,7 @@ MALFORMED = [
 def test_malformed_cohort_csv_names_file_and_problem(tmp_path, corrupt, message):
     good = write_cohort_csv(load_default_cohort()[:3], tmp_path / "good.csv")
     bad = tmp_path / "bad.csv"
-    bad.write_text(corrupt(good.read_text()))
+    bad.write_text(corrupt(good.read_text(encoding="utf-8")))
     with pytest.raises(DataError, match=message) as info:
         read_cohort_csv(bad)
     assert str(bad) in str(info.value)

@@ -86,7 +86,7 @@ def test_render_embedded_writes_dataset_and_resumes(tmp_path):
         assert cube.shape == (32, 32, 32) and cube.dtype == np.float32
         assert 0.0 <= cube.min() <= cube.max() <= 1.0
         assert float(m["z_mm"]) == pytest.approx(float(row["z_mm"]))
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [d["label"] for d in datalist] == [int(float(r["label"])) for r in rows]
     assert set(datalist[0]) == {"image", "label", "fold", "nodule_id"}
 

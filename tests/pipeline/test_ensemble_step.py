@@ -69,7 +69,7 @@ def test_majority_vote_tables(tmp_path):
     f1 = [float(per_fold[f]["f1"]) for f in (1, 2)]
     assert result["summary"]["f1_mean"] == pytest.approx(np.mean(f1))
     assert result["summary"]["f1_std"] == pytest.approx(np.std(f1, ddof=1))
-    saved = json.loads((run / "ensemble" / "metrics.json").read_text())
+    saved = json.loads((run / "ensemble" / "metrics.json").read_text(encoding="utf-8"))
     assert saved["summary"] == pytest.approx(result["summary"])
     assert [m["slug"] for m in saved["members"]] == ["a", "b", "c"]
     assert saved["members"][0]["spec"] == "spec-a"
@@ -99,7 +99,7 @@ def test_results_table_marks_published_rows(tmp_path):
     ours = [r for r in rows if r["source"] == "ours"]
     assert [r["method"] for r in ours] == ["Ensemble of 3 (ours)", "spec-a (ours)", "spec-b (ours)", "spec-c (ours)"]
     assert {r["table"] for r in rows if r["source"] == "published"} == {"table1", "table5"}
-    markdown = (run / "ensemble" / "results_table.md").read_text()
+    markdown = (run / "ensemble" / "results_table.md").read_text(encoding="utf-8")
     assert "| Ensemble of 3 (ours) | ours |" in markdown and "published (table1)" in markdown
 
 

@@ -93,7 +93,7 @@ def test_prepare_dicom_tree(tmp_path, dicom_tree):
 
     assert (summary.scans_found, summary.scans_read, summary.scans_rejected) == (4, 1, 3)
     assert (summary.nodules, summary.cubes_written, summary.cohort_series_missing) == (2, 2, 1)
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [d["image"] for d in datalist] == ["cubes/P1_n1.npy", "cubes/P1_n2.npy"]
     assert [d["label"] for d in read_manifest(out / "manifest.csv")] == [1, 0]
     _no_temp_files(out)
@@ -105,8 +105,8 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     prepare_scans("dicom", data, out, cohort=cohort_csv)
     cube = out / "cubes" / "P1_n1.npy"
     before = cube.stat().st_mtime_ns
-    manifest_before = (out / "manifest.csv").read_text()
-    rejects_before = (out / "rejects.csv").read_text()
+    manifest_before = (out / "manifest.csv").read_text(encoding="utf-8")
+    rejects_before = (out / "rejects.csv").read_text(encoding="utf-8")
 
     import naslung.pipeline.prepare_raw as prepare_raw
 
@@ -118,8 +118,8 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     assert (again.scans_read, again.scans_unchanged, again.cubes_written, again.cubes_kept) == (0, 1, 0, 2)
     assert again.scans_rejected == 3
     assert cube.stat().st_mtime_ns == before
-    assert (out / "manifest.csv").read_text() == manifest_before
-    assert (out / "rejects.csv").read_text() == rejects_before
+    assert (out / "manifest.csv").read_text(encoding="utf-8") == manifest_before
+    assert (out / "rejects.csv").read_text(encoding="utf-8") == rejects_before
 
     (out / "cubes" / "P1_n2.npy").unlink()  # a lost cube: its scan is read again, the other cube is kept
     third = prepare_scans("dicom", data, out, cohort=cohort_csv)

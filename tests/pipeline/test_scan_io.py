@@ -279,7 +279,7 @@ def _mhd_nan(tmp_path: Path, make_scan) -> Path:
 
 def _mhd_mr(tmp_path: Path, make_scan) -> Path:
     path = make_scan(shape=(16, 16, 8)).write_mhd(tmp_path / "a.mhd")
-    text = path.read_text().replace("ElementSpacing", "Modality = MET_MOD_MR\nElementSpacing")
+    text = path.read_text(encoding="utf-8").replace("ElementSpacing", "Modality = MET_MOD_MR\nElementSpacing")
     path.write_text(text)
     return path
 

@@ -51,7 +51,7 @@ def test_one_epoch_writes_outputs(cube_datalist, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in best.values())  # a plain state_dict
     assert result["n_test"] == 6 and result["epochs_run"] == 1
     assert set(result["test"]) >= {"accuracy", "sensitivity", "specificity", "f1", "auc"}
-    assert json.loads((fold_dir / "metrics.json").read_text())["test"] == result["test"]
+    assert json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))["test"] == result["test"]
 
 
 def test_rerun_is_skipped(cube_datalist, tmp_path):

@@ -71,18 +71,20 @@ def test_search_command_writes_journal_and_front_and_resumes(cli_data, monkeypat
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "search space: 19 candidates" in printed and "Pareto front" in printed
-    journal = [json.loads(line) for line in (root / "out" / "journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (root / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(journal) == 1 == len(counter.calls) and RECORD_FIELDS <= set(journal[0])
     with open(root / "out" / "pareto.csv", newline="") as handle:
         assert [row["spec"] for row in csv.DictReader(handle)] == [journal[0]["spec"]]
-    assert json.loads((root / "out" / "selected.json").read_text())["specs"] == [journal[0]["spec"]]
+    assert json.loads((root / "out" / "selected.json").read_text(encoding="utf-8"))["specs"] == [journal[0]["spec"]]
 
     assert main(argv) == 0  # the same command again: nothing is trained
     assert "up to date" in capsys.readouterr().out and len(counter.calls) == 1
-    assert len((root / "out" / "journal.jsonl").read_text().splitlines()) == 1
+    assert len((root / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()) == 1
 
     assert main([*argv, "--set", "max_candidates=2"]) == 0  # a larger budget continues the same journal
-    specs = [json.loads(line)["spec"] for line in (root / "out" / "journal.jsonl").read_text().splitlines()]
+    specs = [
+        json.loads(line)["spec"] for line in (root / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(counter.calls) == 2 and specs == counter.calls and len(set(specs)) == 2
 
 

@@ -36,7 +36,7 @@ def test_torn_last_line_is_dropped_and_overwritten(tmp_path):
     assert [r["spec"] for r in journal.records()] == ["[4,4,[4,4],[4,8],[8,8]]"]
     journal.append(RECORDS[1])
     assert len(journal.records()) == 2
-    assert journal.path.read_text().count("\n") == 2
+    assert journal.path.read_text(encoding="utf-8").count("\n") == 2
 
 
 def test_duplicates_and_missing_spec_are_refused(tmp_path):

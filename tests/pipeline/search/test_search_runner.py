@@ -90,7 +90,9 @@ def killed_and_resumed(cube_dir, tmp_path_factory):
         counter.die_at = 1
         with pytest.raises(Killed):
             run_search_step(out, TINY, data_dir=cube_dir)
-        journal_after_kill = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+        journal_after_kill = [
+            json.loads(line) for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         runs.append(list(counter.calls))
         for _ in range(2):
             counter.calls, counter.die_at = [], None
@@ -104,7 +106,10 @@ def killed_and_resumed(cube_dir, tmp_path_factory):
 def test_kill_then_resume_loses_and_repeats_nothing(killed_and_resumed):
     first, second, third = killed_and_resumed["runs"]
     after_kill = [r["spec"] for r in killed_and_resumed["journal_after_kill"]]
-    journal = [json.loads(line) for line in (killed_and_resumed["out"] / "journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line)
+        for line in (killed_and_resumed["out"] / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     specs = [r["spec"] for r in journal]
     assert first == after_kill and len(first) == 1  # every finished candidate was journaled before the kill
     assert not set(second) & set(first)  # nothing trained twice
@@ -114,7 +119,7 @@ def test_kill_then_resume_loses_and_repeats_nothing(killed_and_resumed):
 
 def test_journal_records_and_outputs(killed_and_resumed):
     out = killed_and_resumed["out"]
-    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
     space = SearchSpace(**TINY["space"])
     assert journal and all(RECORD_FIELDS <= set(r) for r in journal)
     assert all(r["spec"] in space and r["latency_ms"] > 0 and r["params"] > 0 and r["macs"] > 0 for r in journal)
@@ -124,10 +129,10 @@ def test_journal_records_and_outputs(killed_and_resumed):
     assert front and {"spec", "latency_ms", "f1", "accuracy"} <= set(front[0])
     assert {row["spec"] for row in front} <= {r["spec"] for r in journal}
     assert (out / "pareto.png").stat().st_size > 1000
-    selected = json.loads((out / "selected.json").read_text())
+    selected = json.loads((out / "selected.json").read_text(encoding="utf-8"))
     expected = sorted(journal, key=lambda r: (-r["f1"], -r["accuracy"], r["latency_ms"], r["spec"]))[:1]
     assert selected["specs"] == [r["spec"] for r in expected]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["space"]["size"] == space.size() == 19 and summary["trained"] == len(journal)
 
 
@@ -233,7 +238,9 @@ def test_ray_search_writes_the_same_journal_and_keeps_finished_trials(tmp_path):
         summary = run_search_step(tmp_path / "out", config, data_dir=data)  # runs on the instance already started
         assert ray.is_initialized()
     assert not ray.is_initialized()
-    journal = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(journal) == 2 == summary["evaluated"] and all(RECORD_FIELDS <= set(r) for r in journal)
     assert {k: summary["executor"][k] for k in ("executor", "workers", "threads_per_trial")} == {
         "executor": "ray",
