@@ -52,8 +52,10 @@ __all__ = [
     "default_gradcam_layer",
     "gradcam_maps",
     "train_variant",
+    "ABLATION_FIELDS",
     "ablation_rows",
     "write_ablation",
+    "DISCRIMINABILITY_FIELDS",
     "discriminability_rows",
     "write_discriminability",
     "attention_figure",
@@ -664,7 +666,7 @@ def attention_figure(
     maps = network.attention_maps() if callable(getattr(network, "attention_maps", None)) else {}
     if stage not in maps:
         raise ConfigError(f"{fold_dir}: the network records no {stage} attention map (trained without CBAM?)")
-    names = [f"{i} (p={p:.2f})" for i, p in zip(ids, probabilities, strict=True)]
+    names = [f"{i}\n(p={p:.2f})" for i, p in zip(ids, probabilities, strict=True)]  # two lines: ids are long
     return plot_attention_panels(
         images,
         maps[stage],
@@ -695,7 +697,7 @@ def gradcam_figure(
     cams = gradcam_maps(network, images, layer, class_idx)
     with torch.no_grad():
         probabilities = torch.softmax(network(images), dim=1)[:, 1].numpy()
-    names = [f"{i} (p={p:.2f})" for i, p in zip(ids, probabilities, strict=True)]
+    names = [f"{i}\n(p={p:.2f})" for i, p in zip(ids, probabilities, strict=True)]  # two lines: ids are long
     target = "predicted class" if class_idx is None else f"class {class_idx}"
     return plot_gradcam_panels(
         images,

@@ -218,7 +218,7 @@ def _our_row(result: Mapping[str, Any]) -> dict[str, Any]:
         row[f"{metric}_std"] = None if std is None else round(100.0 * std, 2)
     params = _number(result.get("params"))
     params_m = _number(result.get("params_m"))
-    row["params_m"] = round(params / 1e6, 2) if params is not None else params_m
+    row["params_m"] = round(params / 1e6, 4) if params is not None else params_m
     latency = _number(result.get("latency_ms"))
     row["latency_ms"] = None if latency is None else round(latency, 3)
     return row

@@ -157,9 +157,10 @@ def _latency(run: Path) -> str:
     ours = [r for r in rows if r.get("source") == "ours"]
     if not ours:
         return _not_run("ensemble", "naslung ensemble --run RUN")
-    lines = ["| network | parameters | latency ms / nodule |", "|---|---:|---:|"]
+    lines = ["| network | parameters (M) | latency ms / nodule (CPU, batch 1) |", "|---|---:|---:|"]
     for row in ours:
-        lines.append(f"| {row.get('method')} | {row.get('params', '–')} | {row.get('latency_ms', '–')} |")
+        params = row.get("params_m", row.get("params", "–"))
+        lines.append(f"| {row.get('method')} | {params} | {row.get('latency_ms', '–')} |")
     return "\n".join(lines) + "\n"
 
 
