@@ -201,7 +201,8 @@ def _step_evaluate(ctx: RunContext) -> str:
     folds = train.pop("folds", None)
     overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **ctx.settings["evaluate"]}
     result = run_evaluate_step(ctx.run_dir, overrides=overrides, progress=ctx.progress)
-    return f"analyses: {', '.join(result.get('figures', []))}"
+    figures = [name for name in result.get("outputs", []) if str(name).endswith(".png")]
+    return f"{', '.join(result.get('analyses', []))} of {result.get('specs')}: {len(figures)} figures"
 
 
 def _step_report(ctx: RunContext) -> str:
