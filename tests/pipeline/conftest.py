@@ -10,28 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from naslung.pipeline.cohort import REQUIRED_COLUMNS
 from naslung.pipeline.scan_writers import write_dicom_series, write_mhd
 
 #: Columns of the small cohort CSVs the tests write (those of ``naslung prepare cohort``'s cohort.csv).
-TEST_COHORT_COLUMNS = (
-    "patient_id",
-    "series_uid",
-    "nodule_id",
-    "i",
-    "j",
-    "k",
-    "z_mm",
-    "diameter_mm",
-    "n_readers",
-    "malignancy_mean",
-    "label",
-    "fold",
-    "pixel_spacing_mm",
-    "slice_thickness_mm",
-    "slice_spacing_mm",
-    "n_slices",
-    "annotation_ids",
-)
+TEST_COHORT_COLUMNS = REQUIRED_COLUMNS
 
 
 @dataclass
