@@ -37,6 +37,7 @@ from naslung.pipeline.config_files import read_config_file
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
 __all__ = [
@@ -745,16 +746,6 @@ def training_curve_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 
 # ------------------------------------------------------------------------------------------------ the step
-def _selected_specs(run: Path) -> list[str]:
-    path = run / "search" / "selected.json"
-    if not path.is_file():
-        return []
-    try:
-        return [str(s) for s in json.loads(path.read_text(encoding="utf-8")).get("specs", [])]
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(path)) from err
-
-
 def _trained(run: Path) -> dict[str, dict[str, Any]]:
     """``RUN/train`` networks: slug -> {"spec", "config" (first fold's config.json), "folds"}."""
     found: dict[str, dict[str, Any]] = {}
@@ -773,7 +764,7 @@ def _trained(run: Path) -> dict[str, dict[str, Any]]:
 
 
 def _resolve_specs(run: Path, cfg: Mapping[str, Any], trained: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    specs = [str(s) for s in cfg["specs"]] or _selected_specs(run)
+    specs = [str(s) for s in cfg["specs"]] or read_selected_specs(run)
     if not specs:
         specs = [t["spec"] for t in trained.values()]
     specs = [s for s in dict.fromkeys(specs) if s.strip().startswith("[")]  # ablations need NAS-Lung specs

@@ -38,6 +38,7 @@ from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 from naslung.pipeline.training import fold_dir_name, spec_slug
 
@@ -253,11 +254,7 @@ def default_members(run_dir: str | os.PathLike, ensemble: bool) -> list[str]:
     trained = trained_members(run)
     if not trained:
         raise ConfigError(f"no trained network in {run / 'train'}; run `naslung train` first")
-    selected: list[str] = []
-    selected_path = run / "search" / "selected.json"
-    if selected_path.is_file():
-        specs = _read_json(selected_path).get("specs", [])
-        selected = [s for s in (spec_slug(spec) for spec in specs) if s in trained]
+    selected = [s for s in (spec_slug(spec) for spec in read_selected_specs(run)) if s in trained]
     if not ensemble:
         if len(trained) == 1:
             return trained

@@ -32,6 +32,7 @@ from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
 __all__ = [
@@ -113,14 +114,7 @@ def _member_spec(directory: Path, folds: Sequence[int]) -> str:
 def _selected_slugs(run: Path) -> list[str]:
     from naslung.pipeline.training import spec_slug
 
-    selected = run / "search" / "selected.json"
-    if not selected.is_file():
-        return []
-    try:
-        specs = json.loads(selected.read_text(encoding="utf-8")).get("specs", [])
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(selected)) from err
-    return [spec_slug(spec) for spec in specs]
+    return [spec_slug(spec) for spec in read_selected_specs(run)]
 
 
 def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = None) -> list[EnsembleMember]:

@@ -8,7 +8,6 @@ re-running the same command after a crash resumes where it stopped. The steps, i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -156,13 +155,15 @@ def _step_search(ctx: RunContext) -> str:
 
 
 def _selected_specs(ctx: RunContext) -> list[str]:
+    from naslung.pipeline.search.journal import read_selected_specs
+
     path = ctx.run_dir / "search" / "selected.json"
     if not path.is_file():
         raise NaslungError(f"{path}: no selection; run `naslung search` first")
-    specs = json.loads(path.read_text(encoding="utf-8")).get("specs", [])
+    specs = read_selected_specs(ctx.run_dir)
     if not specs:
         raise NaslungError(f"{path}: the search selected no network (widen latency_budget_ms?)")
-    return [str(s) for s in specs]
+    return specs
 
 
 def _step_train(ctx: RunContext) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv
-from naslung.pipeline.errors import SearchError
+from naslung.pipeline.errors import DataError, SearchError
 from naslung.pipeline.search.pareto import pareto_front
 from naslung.pipeline.search.space import arch_to_text
 
-__all__ = ["JOURNAL_FIELDS", "SearchJournal", "write_pareto_csv"]
+__all__ = ["JOURNAL_FIELDS", "SearchJournal", "write_pareto_csv", "read_selected_specs"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +151,18 @@ def write_pareto_csv(
     rows = [{k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in front]
     logger.info("writing %d Pareto-front candidates to %s", len(rows), path)
     return write_csv(path, rows, fields)
+
+
+def read_selected_specs(run_dir: str | os.PathLike) -> list[str]:
+    """The specs the search selected for retraining (``RUN/search/selected.json``); ``[]`` before a search.
+
+    Raises:
+        DataError: naming the file, when it exists but cannot be read.
+    """
+    path = Path(run_dir) / "search" / "selected.json"
+    if not path.is_file():
+        return []
+    try:
+        return [str(s) for s in json.loads(path.read_text(encoding="utf-8")).get("specs", [])]
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise DataError(f"cannot read the selected specs ({err}); re-run `naslung search`", path=str(path)) from err
