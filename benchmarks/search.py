@@ -1,4 +1,5 @@
-"""Candidates per hour of a short real POP search: sequential in one process against Ray workers, side by side.
+"""Candidates per hour of a short real POP search: sequential in one process against Ray workers, side by side;
+then POP against DNAS (Gumbel-Softmax supernet) on the same data and budget.
 
 Run ``python benchmarks/search.py [--data RUN/data] [--candidates 6] [--epochs 1] [--cubes 40]``.
 
@@ -7,6 +8,11 @@ embedded data set when ``--data`` names a prepared folder (its folds outside ``-
 32³ cubes. The sequential search trains in this process with torch using ``--workers`` threads (all the cores the
 Ray run gets); the Ray search runs ``--workers`` single-thread trials at once. It prints each run's candidates per
 hour (search loop only, and with the executor's start-up) and the Ray/sequential ratio; the goal is >= 1.3x.
+
+The strategy comparison reuses the sequential POP run and runs DNAS on the same data, space and candidate training
+(``--epochs`` per candidate) with the same number of training epochs in all: ``--candidates x --epochs`` for POP;
+``--dnas-candidates x --epochs`` for the derived architectures plus the rest as supernet epochs. It prints each
+strategy's wall time, the best validation F1 found, and the chosen network with its latency (ms per nodule).
 """
 
 from __future__ import annotations
@@ -62,10 +68,25 @@ def run_once(name: str, data: Path, out: Path, config: dict[str, Any]) -> dict[s
     start = time.perf_counter()
     summary = run_search_step(out, config, data_dir=data)
     summary["wall_seconds"] = time.perf_counter() - start
-    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
+    trained = "candidates.jsonl" if summary.get("strategy") == "dnas" else "journal.jsonl"
+    journal = [json.loads(line) for line in (out / trained).read_text(encoding="utf-8").splitlines()]
     summary["specs"] = [r["spec"] for r in journal]
+    summary["best_f1"] = max((float(r["f1"]) for r in journal), default=float("nan"))
+    chosen = [r for r in journal if summary["selected"] and r["spec"] == summary["selected"][0]]
+    summary["chosen"] = chosen[0] if chosen else {}
     summary["name"] = name
     return summary
+
+
+def print_strategies(runs: list[dict[str, Any]]) -> None:
+    """POP and DNAS side by side: wall time, best validation F1 found, the chosen network and its latency."""
+    print(f"{'strategy':<40} {'wall s':>7} {'trained':>7} {'best F1':>8} {'chosen latency ms':>18}  chosen spec")
+    for run in runs:
+        chosen = run["chosen"]
+        print(
+            f"{run['name']:<40} {run['wall_seconds']:>7.1f} {run['trained']:>7} {run['best_f1']:>8.4f} "
+            f"{float(chosen.get('latency_ms', float('nan'))):>18.3f}  {chosen.get('spec', '-')}"
+        )
 
 
 def main() -> None:
@@ -76,6 +97,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dnas-candidates", type=int, default=2, help="derived architectures DNAS trains")
+    parser.add_argument("--dnas-latency-weight", type=float, default=0.1)
     parser.add_argument("--out", help="folder for both searches (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -143,6 +166,32 @@ def main() -> None:
             ratio_total = (ray_run["evaluated"] / ray_total) / (seq["evaluated"] / seq_total)
             print(f"Ray / sequential candidates per hour: {ratio:.2f}x search loop, {ratio_total:.2f}x incl. start-up")
             print(f"goal >= 1.3x: {'met' if ratio >= 1.3 else 'NOT met'} (search loop)")
+
+        supernet_epochs = max(1, (args.candidates - args.dnas_candidates) * args.epochs)
+        dnas = {
+            "epochs": supernet_epochs,
+            "warmup_epochs": supernet_epochs // 4,
+            "anneal_epochs": supernet_epochs,
+            "batch_size": 8,
+            "candidates": args.dnas_candidates,
+            "latency_weight": args.dnas_latency_weight,
+            "latency_warmup": 1,
+            "latency_repeats": 3,
+            "device": "cpu",
+        }
+        print(
+            f"\nstrategies on the same data and budget ({args.candidates * args.epochs} training epochs): POP trains "
+            f"{args.candidates} candidates; DNAS {supernet_epochs} supernet epochs + {args.dnas_candidates} derived "
+            f"candidates (latency weight {args.dnas_latency_weight})"
+        )
+        torch.set_num_threads(args.workers)
+        dnas_run = run_once(
+            f"DNAS (Gumbel-Softmax, {args.workers} torch threads)",
+            data,
+            root / "dnas",
+            {**base, "strategy": "dnas", "dnas": dnas},
+        )
+        print_strategies([{**runs[0], "name": f"POP (sequential, {args.workers} threads)"}, dnas_run])
 
 
 if __name__ == "__main__":

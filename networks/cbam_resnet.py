@@ -12,7 +12,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import look_up_option
 
-from naslung.networks.blocks.cbam import CBAMBlock
+from naslung.networks.blocks.cbam import CBAMBlock, ChannelAttention, SpatialAttention
 from naslung.networks.blocks.residual import ResidualBlock
 from naslung.networks.losses import AngularLinear
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
@@ -54,12 +54,14 @@ class CBAMResNet3D(nn.Module):
     stage6    global average pooling (``features``), then the head   (B, C^5_N), (B, K)
     ========  =====================================================  ================
 
-    Downsampling happens only at the first residual block of stages 3, 4 and 5 (stride 2 in its first convolution
-    and in its projection shortcut), so a 32^3 cube is pooled from 4^3 as in the authors' code (``AvgPool3d(4)``).
-    Stages 1-2 stay at input resolution so that stage 2's spatial attention map, the one the paper visualises
-    (Fig. 5, Sec. 4.4), has one value per input voxel. The authors' code instead starts each of stages 3-5 with
-    an extra stride-2 3^3 conv + BN + ReLU and gives every block a 1x1 projection; here the stride is folded into
-    the first block and the shortcut is the identity whenever shapes allow (Fig. 2), which is cheaper.
+    Residual blocks use 3^3 convolutions unless the spec names another kernel for a block (``[c, k]``, see
+    :class:`ArchSpec`). Downsampling happens only at the first residual block of stages 3, 4 and 5 (stride 2 in
+    its first convolution and in its projection shortcut), so a 32^3 cube is pooled from 4^3 as in the authors'
+    code (``AvgPool3d(4)``). Stages 1-2 stay at input resolution so that stage 2's spatial attention map, the one
+    the paper visualises (Fig. 5, Sec. 4.4), has one value per input voxel. The authors' code instead starts each
+    of stages 3-5 with an extra stride-2 3^3 conv + BN + ReLU and gives every block a 1x1 projection; here the
+    stride is folded into the first block and the shortcut is the identity whenever shapes allow (Fig. 2), which
+    is cheaper.
 
     Parameter count: Table 5's Model-1 ``[4,4,[4,4],[4,8],[8,8]]`` has 13,316 parameters here (0.013 M, linear head;
     13,314 with the angular head; 16,128 in the authors' layout), not the 0.14 M the table prints. No layout of
@@ -138,12 +140,12 @@ class CBAMResNet3D(nn.Module):
         conv2 = Convolution(spatial_dims, spec.stage1, spec.stage2, kernel_size=3, act=act, norm=norm, bias=False)
         self.stage2 = nn.Sequential(OrderedDict(conv2=conv2, **cbam(spec.stage2)))
         channels = spec.stage2
-        for name, blocks in zip(STAGE_NAMES[2:], spec.stages, strict=True):
+        for name, blocks, kernels in zip(STAGE_NAMES[2:], spec.stages, spec.kernel_sizes, strict=True):
             layers: OrderedDict[str, nn.Module] = OrderedDict()
-            for index, out_channels in enumerate(blocks):
+            for index, (out_channels, kernel) in enumerate(zip(blocks, kernels, strict=True)):
                 stride = 2 if index == 0 else 1
                 layers[f"block{index + 1}"] = ResidualBlock(
-                    spatial_dims, channels, out_channels, stride=stride, act=act, norm=norm
+                    spatial_dims, channels, out_channels, stride=stride, kernel_size=kernel, act=act, norm=norm
                 )
                 channels = out_channels
             layers.update(cbam(channels))
@@ -158,7 +160,7 @@ class CBAMResNet3D(nn.Module):
         self._init_weights(spatial_dims)
 
     def _init_weights(self, spatial_dims: int) -> None:
-        """He initialisation for convolutions, unit/zero for norms, as MONAI's ResNet."""
+        """He initialisation for convolutions, unit/zero for norms, as MONAI's ResNet; CBAM's maps start at 0.5."""
         conv_type, norm_type = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
         for module in self.modules():
             if isinstance(module, conv_type):
@@ -166,6 +168,9 @@ class CBAMResNet3D(nn.Module):
             elif isinstance(module, norm_type):
                 nn.init.constant_(module.weight, 1.0)
                 nn.init.constant_(module.bias, 0.0)
+        for module in self.modules():
+            if isinstance(module, (ChannelAttention, SpatialAttention)):
+                module.reset_parameters()  # saturated He-initialised gates would shrink the features ~25-fold
 
     @torch.jit.export
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,12 @@ from typing import Any
 
 from naslung.pipeline.errors import ConfigError
 
-__all__ = ["ArchSpec", "PAPER_MODEL_1"]
+__all__ = ["ArchSpec", "DEFAULT_KERNEL", "PAPER_MODEL_1"]
 
 _EXAMPLE = "[4,4,[4,4],[4,8],[8,8]]"
+
+DEFAULT_KERNEL = 3
+"""Kernel size of a residual block's convolutions when the spec does not name one (the paper's 3x3x3)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -23,6 +26,23 @@ def _check_channels(
     stage1: Any, stage2: Any, stages: Sequence[Any], shown: str | None
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """Validate channel counts; return stages 3-5 as tuples. ``shown`` names the spec in messages."""
+    channels, _ = _check_blocks(stage1, stage2, stages, shown)
+    return channels
+
+
+def _check_kernel(value: Any, where: str, name: str) -> int:
+    if not _is_int(value) or value < 1 or value % 2 == 0:
+        raise ConfigError(
+            f"{where}: {name} kernel sizes must be odd positive integers, got {value!r}; write a block with a "
+            f"kernel other than {DEFAULT_KERNEL} as [channels, kernel], e.g. [4,4,[4,[8,5]],[8],[8]]."
+        )
+    return int(value)
+
+
+def _check_blocks(
+    stage1: Any, stage2: Any, stages: Sequence[Any], shown: str | None
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Validate stages 1-5; return (channels, kernels) of stages 3-5. A block is ``c`` or ``[c, kernel]``."""
     where = "architecture spec" if shown is None else f"architecture spec {shown}"
     for name, value in (("stage1", stage1), ("stage2", stage2)):
         if not _is_int(value) or value < 1:
@@ -30,7 +50,7 @@ def _check_channels(
                 f"{where}: {name} channels must be a positive integer, got {value!r}; "
                 f"write the spec as e.g. {_EXAMPLE}."
             )
-    checked = []
+    checked, kernels = [], []
     for name, value in zip(("stage3", "stage4", "stage5"), stages, strict=True):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ConfigError(
@@ -41,14 +61,21 @@ def _check_channels(
             raise ConfigError(
                 f"{where}: {name} has no residual block; each of stages 3-5 needs at least one, e.g. {_EXAMPLE}."
             )
-        for channels in blocks:
+        widths, sizes = [], []
+        for block in blocks:
+            channels, kernel = block, DEFAULT_KERNEL
+            if isinstance(block, Sequence) and not isinstance(block, (str, bytes)) and len(block) == 2:
+                channels, kernel = block[0], _check_kernel(block[1], where, name)
             if not _is_int(channels) or channels < 1:
                 raise ConfigError(
                     f"{where}: {name} block channels must be positive integers, got {channels!r} in "
                     f"{list(blocks)!r}; write the spec as e.g. {_EXAMPLE}."
                 )
-        checked.append(blocks)
-    return checked[0], checked[1], checked[2]
+            widths.append(int(channels))
+            sizes.append(kernel)
+        checked.append(tuple(widths))
+        kernels.append(tuple(sizes))
+    return tuple(checked), tuple(kernels)
 
 
 @dataclass(frozen=True)
@@ -66,15 +93,22 @@ class ArchSpec:
     Validation here is structural only (positive integer channels, at least one block per stage). The
     search-space rules of eq. (5)-(6) (depth balance, allowed widths, 3 <= L+M+N <= 9) are checked by the search.
 
+    Every residual block has 3^3 convolutions unless the spec names another (odd) kernel: such a block is written
+    ``[channels, kernel]``, e.g. ``[4,4,[4,[8,5]],[8],[8]]`` (the DNAS search, after CovidNet3D, also chooses kernel
+    sizes). Specs of 3^3 blocks only print exactly as the paper's notation.
+
     Args:
         stage1: output channels of Conv1.
         stage2: output channels of Conv2.
         stage3: output channels of each residual block of stage 3 (L blocks).
         stage4: output channels of each residual block of stage 4 (M blocks).
         stage5: output channels of each residual block of stage 5 (N blocks).
+        kernels: kernel size of each residual block of stages 3-5, three tuples shaped like the stages;
+            ``None``: 3 everywhere.
 
     Raises:
-        ConfigError: when a channel count is not a positive integer or a stage has no block.
+        ConfigError: when a channel count is not a positive integer, a kernel not an odd positive integer, or a
+            stage has no block.
 
     Example::
 
@@ -88,11 +122,24 @@ class ArchSpec:
     stage3: tuple[int, ...]
     stage4: tuple[int, ...]
     stage5: tuple[int, ...]
+    kernels: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         stages = _check_channels(self.stage1, self.stage2, (self.stage3, self.stage4, self.stage5), shown=None)
         for name, blocks in zip(("stage3", "stage4", "stage5"), stages, strict=True):
             object.__setattr__(self, name, blocks)
+        kernels = self.kernels if self.kernels is not None else [(DEFAULT_KERNEL,) * len(b) for b in stages]
+        if isinstance(kernels, (str, bytes)) or not isinstance(kernels, Sequence) or len(kernels) != 3:
+            raise ConfigError(f"architecture spec: kernels must be three tuples (stages 3-5), got {kernels!r}.")
+        checked = []
+        for name, blocks, sizes in zip(("stage3", "stage4", "stage5"), stages, kernels, strict=True):
+            sizes = tuple(sizes)
+            if len(sizes) != len(blocks):
+                raise ConfigError(
+                    f"architecture spec: {name} has {len(blocks)} block(s) but {len(sizes)} kernel size(s) {sizes!r}."
+                )
+            checked.append(tuple(_check_kernel(k, "architecture spec", name) for k in sizes))
+        object.__setattr__(self, "kernels", tuple(checked))
 
     # ----------------------------------------------------------------------------------------------- parsing
     @classmethod
@@ -141,8 +188,8 @@ class ArchSpec:
                 f"architecture spec {shown}: expected 5 entries (stage-1 and stage-2 channels, then the block "
                 f"channels of stages 3, 4, 5), got {len(items)}; write it as e.g. {_EXAMPLE}."
             )
-        stages = _check_channels(items[0], items[1], items[2:], shown=shown)
-        return cls(items[0], items[1], *stages)
+        stages, kernels = _check_blocks(items[0], items[1], items[2:], shown=shown)
+        return cls(items[0], items[1], *stages, kernels=kernels)  # type: ignore[arg-type]
 
     @classmethod
     def from_json(cls, value: str | Sequence[Any]) -> ArchSpec:
@@ -158,8 +205,13 @@ class ArchSpec:
 
     # ---------------------------------------------------------------------------------------------- printing
     def to_list(self) -> list[Any]:
-        """The spec as plain JSON primitives: ``[4, 4, [4, 4], [4, 8], [8, 8]]``."""
-        return [self.stage1, self.stage2, list(self.stage3), list(self.stage4), list(self.stage5)]
+        """The spec as plain JSON primitives: ``[4, 4, [4, 4], [4, 8], [8, 8]]`` (a block of another kernel than 3:
+        ``[channels, kernel]``)."""
+        stages = [
+            [c if k == DEFAULT_KERNEL else [c, k] for c, k in zip(blocks, sizes, strict=True)]
+            for blocks, sizes in zip(self.stages, self.kernel_sizes, strict=True)
+        ]
+        return [self.stage1, self.stage2, *stages]
 
     def to_json(self) -> str:
         """The spec as JSON text, identical to ``str(spec)``."""
@@ -176,6 +228,16 @@ class ArchSpec:
     def stages(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Block channels of stages 3, 4, 5."""
         return (self.stage3, self.stage4, self.stage5)
+
+    @property
+    def kernel_sizes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Kernel size of each residual block of stages 3, 4, 5 (3 unless the spec names another)."""
+        assert self.kernels is not None  # set by __post_init__
+        return self.kernels
+
+    def with_default_kernels(self) -> ArchSpec:
+        """The same depths and widths with 3^3 blocks everywhere (the form the POP search space holds)."""
+        return ArchSpec(self.stage1, self.stage2, self.stage3, self.stage4, self.stage5)
 
     @property
     def depths(self) -> tuple[int, int, int]:

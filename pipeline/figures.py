@@ -25,6 +25,7 @@ __all__ = [
     "plot_gradcam_panels",
     "plot_pareto",
     "plot_training_curves",
+    "plot_architecture_probabilities",
 ]
 
 logger = logging.getLogger(__name__)
@@ -496,3 +497,46 @@ def plot_training_curves(
 def _is_lr(name: str) -> bool:
     lowered = name.lower()
     return lowered == "lr" or lowered.endswith("_lr") or lowered.startswith("lr_") or "learning_rate" in lowered
+
+
+def plot_architecture_probabilities(
+    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "DNAS architecture probabilities"
+) -> Path:
+    """Evolution of the DNAS architecture parameters: per decision kind (width, kernel, keep) one panel with, for
+    every decision, the probability of its final most probable option against the supernet epoch.
+
+    Args:
+        records: the DNAS journal, one record per epoch with ``epoch`` and ``probabilities`` (``{decision name:
+            [p_option, ...]}``, names like ``"stage3.block2.width"``).
+        path: PNG file to write.
+        title: figure title.
+
+    Raises:
+        DataError: when ``records`` is empty or a record lacks the fields.
+    """
+    if not records:
+        raise DataError("no DNAS epochs to plot; the search journal is empty")
+    try:
+        epochs = np.array([int(r["epoch"]) for r in records])
+        names = list(records[-1]["probabilities"])
+        series = {name: np.array([r["probabilities"][name] for r in records], dtype=float) for name in names}
+    except (KeyError, TypeError) as err:
+        raise DataError(f"a DNAS record lacks {err}; records need epoch and probabilities") from err
+    kinds = [kind for kind in ("width", "kernel", "keep") if any(n.endswith("." + kind) for n in names)]
+    figure = _new_figure(4.2 * max(len(kinds), 1), 3.8)
+    for index, kind in enumerate(kinds):
+        axes = figure.add_subplot(1, len(kinds), index + 1)
+        for name in (n for n in names if n.endswith("." + kind)):
+            values = series[name]
+            final = int(values[-1].argmax())
+            label = f"{name.rsplit('.', 1)[0]} -> option {final}"
+            axes.plot(epochs, values[:, final], marker="o", markersize=3, linewidth=1.0, label=label)
+        axes.set_ylim(0.0, 1.0)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("Supernet epoch")
+        axes.set_ylabel(f"P(final {kind} choice)")
+        axes.set_title(kind)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=5, loc="best")
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -15,6 +15,10 @@ the evaluation folds are never seen by the search), and writes into ``out_dir``:
 
 A killed search resumes from the journal when the same command runs again: finished candidates are not trained
 again, an interrupted one resumes from its last checkpoint.
+
+With ``"strategy": "dnas"`` the step runs the differentiable search of :mod:`naslung.pipeline.search.dnas`
+instead (same folder, the same ``selected.json`` format; a per-epoch journal and ``alphas.png`` instead of the
+candidates' journal and ``pareto.png``).
 """
 
 from __future__ import annotations
@@ -47,10 +51,16 @@ __all__ = [
     "load_search_config",
     "search_space_from_config",
     "select_candidates",
+    "selected_payload",
+    "table_row",
     "run_search_step",
+    "STRATEGIES",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Search strategies: Partial Order Pruning (NAS-Lung) and differentiable NAS with Gumbel-Softmax (CovidNet3D).
+STRATEGIES = ("pop", "dnas")
 
 #: The packaged search config (MONAI bundle syntax).
 DEFAULT_SEARCH_CONFIG = "search.json"
@@ -110,6 +120,13 @@ def load_search_config(
             merged[key] = parser.get_parsed_content(key)
         except Exception as err:
             raise ConfigError(f"search config key {key!r} cannot be evaluated: {err}") from err
+    if merged.get("strategy") not in STRATEGIES:
+        raise ConfigError(f"search strategy {merged.get('strategy')!r} is not one of {STRATEGIES}")
+    dnas_defaults = _packaged_config()["dnas"]
+    unknown_dnas = sorted(set(merged.get("dnas") or {}) - set(dnas_defaults))
+    if unknown_dnas:
+        raise ConfigError(f"unknown dnas option(s) {unknown_dnas}; known: {sorted(dnas_defaults)}")
+    merged["dnas"] = {**dnas_defaults, **(merged.get("dnas") or {})}
     unknown = sorted(set(merged["space"]) - set(_SPACE_KEYS))
     if unknown:
         raise ConfigError(f"unknown search space option(s) {unknown}; known: {list(_SPACE_KEYS)}")
@@ -171,6 +188,8 @@ def _replay_settings(
 
 def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
     path = out / "settings.json"
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("strategy") == "dnas":
+        raise SearchError(f"{out} holds a DNAS search; use a new --out folder for a POP search")
     if journal.exists() and len(journal) and path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
@@ -184,9 +203,30 @@ def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -
     write_json(path, settings)
 
 
-def _table_row(record: Mapping[str, Any]) -> dict[str, Any]:
+def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a trained candidate shown in summaries and ``selected.json``."""
     keys = ("spec", "params", "macs", "latency_ms", "f1", "accuracy", "sensitivity", "specificity", "auc")
     return {key: record.get(key) for key in keys}
+
+
+def selected_payload(
+    config: Mapping[str, Any], selected: Sequence[Mapping[str, Any]], test_folds: Sequence[int]
+) -> dict[str, Any]:
+    """The content of ``selected.json`` (read by :func:`~naslung.pipeline.search.journal.read_selected_specs`)."""
+    return {
+        "specs": [r["spec"] for r in selected],
+        "score_key": "f1",
+        "select_top_n": int(config["select_top_n"]),
+        "latency_budget_ms": config.get("latency_budget_ms"),
+        "candidates": [table_row(r) for r in selected],
+        "searched_with": {
+            "attention": config["attention"],
+            "loss_name": config["loss_name"],
+            "epochs_per_candidate": int(config["epochs_per_candidate"]),
+        },
+        "test_folds": list(test_folds),
+        "journal": "journal.jsonl",
+    }
 
 
 def run_search_step(
@@ -226,6 +266,10 @@ def run_search_step(
     datalist = search_datalist(read_manifest(Path(data) / "manifest.csv"), cfg["test_folds"])
 
     train_config = read_config_file(cfg["train_config"], "training config") if cfg.get("train_config") else None
+    if cfg["strategy"] == "dnas":
+        from naslung.pipeline.search.dnas import run_dnas_search
+
+        return run_dnas_search(out, cfg, datalist, space, train_config, progress)
     evaluator = CandidateEvaluator(
         datalist,
         out / "candidates",
@@ -309,23 +353,7 @@ def run_search_step(
         logger.warning(
             "no trained candidate is within latency_budget_ms=%s; selected.json is empty", cfg.get("latency_budget_ms")
         )
-    write_json(
-        out / "selected.json",
-        {
-            "specs": [r["spec"] for r in selected],
-            "score_key": "f1",
-            "select_top_n": int(cfg["select_top_n"]),
-            "latency_budget_ms": cfg.get("latency_budget_ms"),
-            "candidates": [_table_row(r) for r in selected],
-            "searched_with": {
-                "attention": cfg["attention"],
-                "loss_name": cfg["loss_name"],
-                "epochs_per_candidate": int(cfg["epochs_per_candidate"]),
-            },
-            "test_folds": settings["test_folds"],
-            "journal": "journal.jsonl",
-        },
-    )
+    write_json(out / "selected.json", selected_payload(cfg, selected, settings["test_folds"]))
     summary = {
         "space": space.describe(),
         "stop_reason": result.stop_reason,
@@ -343,7 +371,7 @@ def run_search_step(
         "test_folds": settings["test_folds"],
         "executor": executor_info,
         "latency": profiler.describe(),
-        "front": [_table_row(r) for r in front],
+        "front": [table_row(r) for r in front],
         "selected": [r["spec"] for r in selected],
     }
     write_json(out / "summary.json", summary)

@@ -90,8 +90,25 @@ def arch_from(spec: Any) -> Arch:
 
 
 def arch_to_text(arch: Any) -> str:
-    """Paper notation of an architecture without spaces, e.g. ``"[4,4,[4,4],[4,8],[8,8]]"``."""
-    a = arch_from(arch)
+    """Paper notation of an architecture without spaces, e.g. ``"[4,4,[4,4],[4,8],[8,8]]"``.
+
+    A spec whose blocks name kernel sizes (``[4,4,[4,[8,5]],[8],[8]]``, found by the DNAS search) is not an
+    :data:`Arch` of this space but is printed as ``ArchSpec`` prints it, so candidates of either search train,
+    profile and journal alike.
+    """
+    try:
+        a = arch_from(arch)
+    except SearchError as err:
+        from naslung.networks.spec import ArchSpec
+        from naslung.pipeline.errors import ConfigError
+
+        try:
+            spec = ArchSpec.coerce(arch)
+        except ConfigError:
+            raise err from None
+        if spec == spec.with_default_kernels():
+            raise
+        return str(spec)
     blocks = ",".join("[" + ",".join(str(c) for c in stage) + "]" for stage in a[2:])
     return f"[{a[0][0]},{a[1][0]},{blocks}]"
 

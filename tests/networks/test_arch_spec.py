@@ -95,3 +95,39 @@ def test_round_trip_property(c1, c2, s3, s4, s5):
     assert str(ArchSpec.parse(text)) == text
     assert ArchSpec.from_list(json.loads(text)) == spec
     assert spec.depths == (len(s3), len(s4), len(s5))
+
+
+KERNEL_CASES = [
+    # [text, kernels, printed]
+    ["[4,4,[4,[8,5]],[8],[8]]", ((3, 5), (3,), (3,)), "[4,4,[4,[8,5]],[8],[8]]"],
+    ["[4,4,[4,[8,3]],[8],[[16,7]]]", ((3, 3), (3,), (7,)), "[4,4,[4,8],[8],[[16,7]]]"],
+    ["[4,4,[4,4],[4,8],[8,8]]", ((3, 3), (3, 3), (3, 3)), "[4,4,[4,4],[4,8],[8,8]]"],
+]
+
+
+@pytest.mark.parametrize("text, kernels, printed", KERNEL_CASES)
+def test_block_kernel_notation(text, kernels, printed):
+    spec = ArchSpec.parse(text)
+    assert spec.kernel_sizes == kernels
+    assert str(spec) == printed
+    assert ArchSpec.parse(str(spec)) == spec
+    assert ArchSpec.from_list(spec.to_list()) == spec
+    assert spec.with_default_kernels().kernel_sizes == tuple((3,) * len(s) for s in spec.stages)
+    assert spec.with_default_kernels().stages == spec.stages
+
+
+def test_default_kernels_equal_explicit_threes():
+    explicit = ArchSpec(4, 4, (4, 4), (4, 8), (8, 8), kernels=((3, 3), (3, 3), (3, 3)))
+    assert explicit == PAPER_MODEL_1 and hash(explicit) == hash(PAPER_MODEL_1)
+    assert explicit != ArchSpec(4, 4, (4, 4), (4, 8), (8, 8), kernels=((3, 5), (3, 3), (3, 3)))
+
+
+@pytest.mark.parametrize("text", ["[4,4,[4,[8,4]],[8],[8]]", "[4,4,[4,[8,0]],[8],[8]]", "[4,4,[4,[8,true]],[8],[8]]"])
+def test_bad_kernel_names_the_rule(text):
+    with pytest.raises(ConfigError, match="odd positive"):
+        ArchSpec.parse(text)
+
+
+def test_kernels_must_match_the_blocks():
+    with pytest.raises(ConfigError, match="kernel size"):
+        ArchSpec(4, 4, (4, 4), (8,), (8,), kernels=((3,), (3,), (3,)))

@@ -122,3 +122,12 @@ def test_torchscript_save_load(tmp_path, randomise_norms, kwargs):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(loaded.features(x), net.features(x), atol=1e-4, rtol=1e-4)
+
+
+def test_block_kernels_of_the_spec_are_built():
+    net = CBAMResNet3D(arch="[4,4,[4,[8,5]],[8],[[8,5]]]")
+    assert net.stage3.block1.conv1.conv.kernel_size == (3, 3, 3)
+    assert net.stage3.block2.conv1.conv.kernel_size == (5, 5, 5)
+    assert net.stage3.block2.conv2.conv.kernel_size == (5, 5, 5)
+    assert net.stage5.block1.conv2.conv.kernel_size == (5, 5, 5)
+    assert net.eval()(torch.rand(1, 1, 32, 32, 32)).shape == (1, 2)

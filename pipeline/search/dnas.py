@@ -1,0 +1,445 @@
+"""The DNAS search strategy (CovidNet3D-style): a Gumbel-Softmax supernet over the NAS-Lung space, trained with
+alternating weight and architecture steps on two patient-disjoint halves of the search data, then its most
+probable architectures in the space trained like POP candidates.
+
+``run_dnas_search`` writes into the search folder::
+
+    settings.json            what the search depends on; a resume with other settings is refused
+    journal.jsonl            one record per supernet epoch: temperature, losses, architecture probabilities,
+                             derived spec, its F1 on the architecture half, expected latency
+    supernet.pt              the last finished epoch (supernet, both optimisers, RNG states, the epoch records)
+    latency_table.json       per-operation latencies (ms) when latency_weight > 0, measured once
+    candidates.jsonl         the derived specs trained like POP candidates (spec, params, macs, latency_ms, f1, ...)
+    candidates/<slug>/all/   their training folders
+    alphas.png               architecture-probability evolution (one panel per decision kind)
+    pareto.csv               the Pareto front of the trained derived specs
+    selected.json            the same format as POP's, read by retraining, the ensemble and the bundles
+    summary.json, done.json  counts and timings; the marker that makes an identical re-run a no-op
+
+A killed search resumes from ``supernet.pt``: finished epochs are not run again; trained candidates are not
+trained again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from naslung.networks.spec import ArchSpec
+from naslung.networks.supernet import KEEP, SKIP, CBAMSupernet3D, measure_latency_table
+from naslung.pipeline.atomic_io import atomic_open, atomic_path, write_json
+from naslung.pipeline.errors import ConfigError, SearchError
+from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.space import SearchSpace, to_arch_spec
+from naslung.pipeline.steps import fingerprint, is_done, mark_done
+
+__all__ = ["DNAS_OUTPUTS", "supernet_for_space", "derive_specs", "run_dnas_search"]
+
+logger = logging.getLogger(__name__)
+
+#: Files of a finished DNAS search, relative to its folder.
+DNAS_OUTPUTS = ["journal.jsonl", "candidates.jsonl", "pareto.csv", "alphas.png", "selected.json", "summary.json"]
+
+#: Largest space the derivation scores exhaustively.
+_MAX_DERIVE_SPACE = 5_000_000
+
+
+def supernet_for_space(
+    space: SearchSpace,
+    widths: Sequence[int] | None = None,
+    kernel_sizes: Sequence[int] = (3, 5),
+    attention: str = "channel_first",
+) -> CBAMSupernet3D:
+    """The supernet covering ``space``: its stem, its widths (or the subset ``widths``), and as many slots per
+    stage as the space's deepest stage, the first ``min depth`` of them never skipped.
+
+    Raises:
+        ConfigError: when ``widths`` are not widths of the space.
+    """
+    chosen = tuple(space.channels) if widths is None else tuple(sorted(int(w) for w in widths))
+    outside = sorted(set(chosen) - set(space.channels))
+    if outside:
+        raise ConfigError(f"dnas widths {outside} are not in the search space's channels {list(space.channels)}")
+    depths = space.depths
+    max_blocks = tuple(max(d[s] for d in depths) for s in range(3))
+    min_blocks = tuple(max(1, min(d[s] for d in depths)) for s in range(3))
+    return CBAMSupernet3D(
+        stem=space.stem,
+        widths=chosen,
+        kernel_sizes=kernel_sizes,
+        max_blocks=max_blocks,
+        min_blocks=min_blocks,
+        attention=attention,
+    )
+
+
+def derive_specs(supernet: CBAMSupernet3D, space: SearchSpace, top_n: int = 1) -> list[tuple[ArchSpec, float]]:
+    """The ``top_n`` most probable architectures of ``space`` under the supernet's architecture probabilities.
+
+    A candidate of depth ``d`` in a stage is the stage's first ``d`` slots: its log-probability is the sum over
+    its blocks of ``log p(width)`` and ``log p(keep)`` (optional slots), plus ``log p(skip)`` of the slots after
+    ``d``; each block gets its most probable kernel size (kernels are not constrained by the space). The arg-max
+    of every decision alone may break the space's rules (depth balance, non-decreasing widths); this projection
+    never does.
+
+    Returns:
+        ``[(spec, log-probability), ...]``, most probable first; specs carry kernel sizes.
+
+    Raises:
+        SearchError: when the space is too large to score, or no candidate fits the supernet.
+    """
+    if space.size() > _MAX_DERIVE_SPACE:
+        raise SearchError(
+            f"the search space has {space.size():,} candidates; DNAS scores at most {_MAX_DERIVE_SPACE:,} when "
+            "deriving its architecture: narrow the space (channels, max_blocks, monotone='global')"
+        )
+    logp = {d.name: torch.log_softmax(supernet.arch_logits[i].detach().double(), -1) for i, d in
+            enumerate(supernet.decisions)}  # fmt: skip
+    width_index = {w: i for i, w in enumerate(supernet.widths)}
+    kernels: list[list[int]] = []
+    for stage, count in zip((3, 4, 5), supernet.max_blocks, strict=True):
+        kernels.append(
+            [supernet.kernel_sizes[int(logp[f"stage{stage}.block{slot + 1}.kernel"].argmax())] for slot in range(count)]
+        )
+
+    def depth_score(stage: int, depth: int) -> float:
+        total = 0.0
+        for slot in range(supernet.max_blocks[stage - 3]):
+            name = f"stage{stage}.block{slot + 1}.keep"
+            if name in logp:
+                total += float(logp[name][KEEP if slot < depth else SKIP])
+        return total
+
+    best: list[tuple[float, int, Any]] = []
+    for rank, arch in enumerate(space.iter()):
+        stages = arch[2:]
+        if any(not lo <= len(s) <= hi for s, lo, hi in zip(stages, supernet.min_blocks, supernet.max_blocks,
+                                                             strict=True)):  # fmt: skip
+            continue
+        if any(c not in width_index for s in stages for c in s):
+            continue
+        score = 0.0
+        for stage, channels in zip((3, 4, 5), stages, strict=True):
+            score += depth_score(stage, len(channels))
+            for slot, c in enumerate(channels):
+                prefix = f"stage{stage}.block{slot + 1}"
+                score += float(logp[f"{prefix}.width"][width_index[c]]) + float(logp[f"{prefix}.kernel"].max())
+        item = (score, -rank, arch)
+        if len(best) < top_n:
+            heapq.heappush(best, item)
+        elif item > best[0]:
+            heapq.heapreplace(best, item)
+    if not best:
+        raise SearchError("no candidate of the search space fits the supernet (check dnas widths and the space)")
+    out = []
+    for score, _, arch in sorted(best, reverse=True):
+        base = to_arch_spec(arch)
+        sizes = tuple(tuple(kernels[s][: len(base.stages[s])]) for s in range(3))
+        spec = ArchSpec(base.stage1, base.stage2, *base.stages, kernels=sizes)  # type: ignore[arg-type]
+        out.append((spec, score))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- training
+class _Paired:
+    """Re-iterable zip of the weight and architecture loaders (one epoch = the shorter one)."""
+
+    def __init__(self, weights: Any, arch: Any) -> None:
+        self.weights, self.arch = weights, arch
+
+    def __len__(self) -> int:
+        return min(len(self.weights), len(self.arch))
+
+    def __iter__(self) -> Any:
+        return zip(self.weights, self.arch, strict=False)
+
+
+def _loader(items: Sequence[Mapping[str, Any]], batch_size: int, seed: int) -> Any:
+    from monai.data import CacheDataset, DataLoader
+
+    from naslung.transforms import train_transforms
+
+    dataset = CacheDataset([dict(i) for i in items], train_transforms(), cache_rate=1.0, num_workers=0, progress=False)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0, generator=generator)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _uniform_latency(supernet: CBAMSupernet3D, table: Mapping[str, float]) -> float:
+    """Expected latency with every decision uniform: the scale that makes the latency term unitless."""
+    saved = [p.detach().clone() for p in supernet.arch_parameters()]
+    with torch.no_grad():
+        for p in supernet.arch_parameters():
+            p.zero_()
+        value = float(supernet.expected_latency(table))
+        for p, s in zip(supernet.arch_parameters(), saved, strict=True):
+            p.copy_(s)
+    return value
+
+
+def _check_settings(out: Path, settings: dict[str, Any], resuming: bool) -> None:
+    path = out / "settings.json"
+    if path.is_file() and (out / "journal.jsonl").is_file():
+        if json.loads(path.read_text(encoding="utf-8")).get("strategy", "pop") != "dnas":
+            raise SearchError(f"{out} holds a POP search; use a new --out folder for a DNAS search")
+    if resuming and path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        if changed:
+            raise SearchError(
+                f"{out / 'supernet.pt'}: was written with other settings ({', '.join(changed)} differ from {path}); "
+                "use the same settings to resume, or a new --out folder for a new search"
+            )
+    write_json(path, settings)
+
+
+def _write_journal(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def run_dnas_search(
+    out: Path,
+    cfg: Mapping[str, Any],
+    datalist: Sequence[Mapping[str, Any]],
+    space: SearchSpace,
+    train_config: Mapping[str, Any] | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Run (or resume) the DNAS search into ``out`` (see the module docstring) and return its summary.
+
+    Args:
+        out: the search folder.
+        cfg: the merged search config (``dnas`` section plus the shared keys: ``space``, ``test_folds``, ``seed``,
+            ``epochs_per_candidate``, ``attention``, ``loss_name``, ``train``, latency settings, ``select_top_n``,
+            ``latency_budget_ms``).
+        datalist: the search data (no nodule of a test fold).
+        space: the search space.
+        train_config: user training config for the candidates (``None``: the packaged one).
+        progress: progress reporter over the supernet epochs and the candidates.
+
+    Raises:
+        ConfigError: a bad ``dnas`` option.
+        SearchError: other settings than the checkpoint's, or a failed candidate.
+    """
+    from naslung.networks.gumbel import TemperatureSchedule
+    from naslung.pipeline.datalists import split_for_fold
+    from naslung.pipeline.figures import plot_architecture_probabilities
+    from naslung.pipeline.metrics import binary_metrics
+    from naslung.pipeline.search.candidate import CandidateEvaluator, CandidateProfiler, resolve_device
+    from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
+    from naslung.pipeline.search.pareto import pareto_front
+    from naslung.pipeline.search.runner import select_candidates, selected_payload, table_row
+    from naslung.pipeline.training import predict
+
+    dcfg = dict(cfg["dnas"])
+    epochs = int(dcfg["epochs"])
+    if epochs < 1 or int(dcfg["warmup_epochs"]) < 0 or int(dcfg["candidates"]) < 1:
+        raise ConfigError(f"dnas needs epochs >= 1, warmup_epochs >= 0 and candidates >= 1; got {dcfg}")
+    seed = int(cfg["seed"])
+    schedule = TemperatureSchedule(
+        float(dcfg["temperature_start"]), float(dcfg["temperature_end"]), int(dcfg["anneal_epochs"])
+    )
+    data_key = sorted((str(d["nodule_id"]), int(d["label"]), int(d["fold"])) for d in datalist)
+    settings = {
+        "strategy": "dnas",
+        "space": space.describe(),
+        "test_folds": sorted(int(f) for f in cfg["test_folds"]),
+        "seed": seed,
+        "dnas": {k: v for k, v in dcfg.items() if k not in ("epochs", "device")},
+        "data": fingerprint(data_key),
+    }
+    settings = json.loads(json.dumps(settings, default=str))
+    candidate_keys = ("epochs_per_candidate", "attention", "loss_name", "train", "select_top_n", "latency_budget_ms")
+    digest = fingerprint(
+        settings, epochs, {k: cfg.get(k) for k in candidate_keys}, fingerprint(train_config) if train_config else None
+    )
+    if is_done(out, digest):
+        logger.info("%s is up to date; skipping the DNAS search", out)
+        return {**json.loads((out / "summary.json").read_text(encoding="utf-8")), "skipped": True}
+    checkpoint_path = out / "supernet.pt"
+    _check_settings(out, settings, resuming=checkpoint_path.is_file())
+
+    device = torch.device(resolve_device(dcfg.get("device")))
+    torch.manual_seed(seed)
+    supernet = supernet_for_space(space, dcfg.get("widths"), dcfg["kernel_sizes"], cfg["attention"]).to(device)
+    weight_opt = torch.optim.Adam(
+        supernet.weight_parameters(), lr=float(dcfg["weight_lr"]), weight_decay=float(dcfg["weight_decay"])
+    )
+    arch_opt = torch.optim.Adam(
+        supernet.arch_parameters(), lr=float(dcfg["arch_lr"]), betas=(0.5, 0.999),
+        weight_decay=float(dcfg["arch_weight_decay"]),
+    )  # fmt: skip
+    split = split_for_fold(datalist, None, val_fraction=float(dcfg["arch_fraction"]), seed=seed)
+    batch_size = int(dcfg["batch_size"])
+    paired = _Paired(_loader(split.train, batch_size, seed), _loader(split.val, batch_size, seed + 1))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    latency_weight = float(dcfg["latency_weight"])
+    table: dict[str, float] = {}
+    latency_scale = 1.0
+    if latency_weight > 0:
+        table_path = out / "latency_table.json"
+        known = json.loads(table_path.read_text(encoding="utf-8")) if table_path.is_file() else {}
+        table = measure_latency_table(
+            supernet, 32, device=resolve_device(cfg.get("latency_device")), warmup=int(dcfg["latency_warmup"]),
+            repeats=int(dcfg["latency_repeats"]), num_threads=cfg.get("latency_threads"), known=known,
+        )  # fmt: skip
+        if table != known:
+            write_json(table_path, table)
+        latency_scale = _uniform_latency(supernet, table)
+
+    records: list[dict[str, Any]] = []
+    start_epoch = 0
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        supernet.load_state_dict(state["supernet"])
+        weight_opt.load_state_dict(state["weight_opt"])
+        arch_opt.load_state_dict(state["arch_opt"])
+        _set_rng_state(state["rng"])
+        records, start_epoch = list(state["records"]), int(state["epoch"])
+        logger.info("resuming the DNAS search after epoch %d of %d", start_epoch, epochs)
+    _write_journal(out / "journal.jsonl", records)  # the checkpoint's records win over a longer torn journal
+
+    start = time.perf_counter()
+    for epoch in progress(range(start_epoch, epochs), total=max(epochs - start_epoch, 0), desc="DNAS epochs"):
+        epoch_start = time.perf_counter()
+        supernet.train()
+        supernet.temperature = schedule(epoch)
+        search_arch = epoch >= int(dcfg["warmup_epochs"])
+        weight_losses, arch_losses = [], []
+        for weight_batch, arch_batch in paired:
+            if search_arch:  # architecture step on the architecture half (CovidNet3D: before the weight step)
+                arch_opt.zero_grad()
+                logits = supernet(arch_batch["image"].to(device))
+                loss = loss_fn(logits, arch_batch["label"].to(device).long())
+                if latency_weight > 0:
+                    loss = loss + latency_weight * supernet.expected_latency(table) / latency_scale
+                loss.backward()
+                arch_opt.step()
+                arch_losses.append(loss.item())
+            weight_opt.zero_grad()
+            logits = supernet(weight_batch["image"].to(device))
+            loss = loss_fn(logits, weight_batch["label"].to(device).long())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(supernet.weight_parameters(), float(dcfg["grad_clip"]))
+            weight_opt.step()
+            weight_losses.append(loss.item())
+        derived, log_prob = derive_specs(supernet, space, 1)[0]
+        rows = predict(supernet, split.val, device, batch_size)  # eval mode: the arg-max sub-network
+        metrics = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows])
+        record = {
+            "epoch": epoch + 1,
+            "temperature": supernet.temperature,
+            "arch_updates": search_arch,
+            "weight_loss": float(np.mean(weight_losses)) if weight_losses else math.nan,
+            "arch_loss": float(np.mean(arch_losses)) if arch_losses else None,
+            "spec": str(derived),
+            "log_probability": log_prob,
+            "argmax_spec": str(supernet.spec_of(supernet.argmax_choices())),
+            "f1": float(metrics["f1"]),
+            "accuracy": float(metrics["accuracy"]),
+            "expected_latency_ms": supernet.expected_latency(table).item() if table else None,
+            "probabilities": supernet.probabilities(),
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        records.append(record)
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(
+                {
+                    "epoch": epoch + 1,
+                    "supernet": supernet.state_dict(),
+                    "weight_opt": weight_opt.state_dict(),
+                    "arch_opt": arch_opt.state_dict(),
+                    "rng": _rng_state(),
+                    "records": records,
+                },
+                tmp,
+            )
+        _write_journal(out / "journal.jsonl", records)
+        logger.info(
+            "DNAS epoch %d/%d: tau %.3f, derived %s (arg-max sub-network F1 %.4f on the architecture half)",
+            epoch + 1, epochs, supernet.temperature, derived, record["f1"],
+        )  # fmt: skip
+    supernet_seconds = time.perf_counter() - start
+
+    # the most probable architectures of the space, each trained and timed exactly like a POP candidate
+    specs = [spec for spec, _ in derive_specs(supernet, space, int(dcfg["candidates"]))]
+    evaluator = CandidateEvaluator(
+        datalist, out / "candidates", epochs=int(cfg["epochs_per_candidate"]), attention=cfg["attention"],
+        loss_name=cfg["loss_name"], seed=seed, train_config=train_config, train_overrides=cfg.get("train") or {},
+    )  # fmt: skip
+    journal = SearchJournal(out / "candidates.jsonl")
+    profiler = CandidateProfiler(
+        evaluator.merged_config("[4,4,[4],[4],[4]]"), device=cfg.get("latency_device"),
+        latency_batch=int(cfg["latency_batch"]), num_threads=cfg.get("latency_threads"),
+        warmup=int(cfg["latency_warmup"]), repeats=int(cfg["latency_repeats"]),
+        known={r["spec"]: r["latency_ms"] for r in journal.records()},
+    )  # fmt: skip
+    done = journal.done_specs()
+    candidate_start = time.perf_counter()
+    trained_now = 0
+    todo = [spec for spec in specs if str(spec) not in done]
+    for spec in progress(todo, total=len(todo), desc="DNAS candidates"):
+        latency_ms = profiler(spec)
+        journal.append({**evaluator(spec), "latency_ms": latency_ms, "strategy": "dnas"})
+        trained_now += 1
+    candidate_seconds = time.perf_counter() - candidate_start
+
+    wanted = {str(s) for s in specs}
+    candidates = [r for r in journal.records() if r["spec"] in wanted]
+    front = pareto_front(candidates)
+    write_pareto_csv(candidates, out / "pareto.csv")
+    plot_architecture_probabilities(records, out / "alphas.png")
+    selected = select_candidates(candidates, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"))
+    write_json(out / "selected.json", {**selected_payload(cfg, selected, settings["test_folds"]), "strategy": "dnas"})
+    final = records[-1] if records else {}
+    summary = {
+        "strategy": "dnas",
+        "space": space.describe(),
+        "stop_reason": f"{epochs} supernet epochs",
+        "epochs": epochs,
+        "resumed_epochs": start_epoch,
+        "iterations": len(records),
+        "trained": len(candidates),
+        "evaluated": trained_now,
+        "resumed": len(candidates) - trained_now,
+        "pruned": None,
+        "derived": [str(s) for s in specs],
+        "final_temperature": final.get("temperature"),
+        "expected_latency_ms": final.get("expected_latency_ms"),
+        "supernet_seconds": supernet_seconds,
+        "candidate_seconds": candidate_seconds,
+        "search_seconds": supernet_seconds + candidate_seconds,
+        "search_nodules": len(datalist),
+        "weight_nodules": len(split.train),
+        "arch_nodules": len(split.val),
+        "test_folds": settings["test_folds"],
+        "device": str(device),
+        "latency": profiler.describe(),
+        "front": [table_row(r) for r in front],
+        "selected": [r["spec"] for r in selected],
+    }
+    write_json(out / "summary.json", summary)
+    mark_done(out, digest, DNAS_OUTPUTS, {k: summary[k] for k in ("stop_reason", "trained", "selected")})
+    return summary
