@@ -5,7 +5,8 @@ from __future__ import annotations
 from .blocks import CBAM_ORDERS, CBAMBlock, ChannelAttention, ResidualBlock, SpatialAttention
 from .cbam_resnet import ATTENTION_OPTIONS, HEADS, STAGE_NAMES, CBAMResNet3D
 from .export import INFERENCE_BACKENDS, OnnxRuntimeModel, inference_runner, load_torchscript, to_onnx, to_torchscript
-from .factory import NETWORKS, build_network
+from .factory import BASELINES, NETWORKS, build_network, registered_name
+from .gumbel import TemperatureSchedule, gumbel_softmax_st
 from .losses import (
     LOSSES,
     MARGINS,
@@ -17,12 +18,19 @@ from .losses import (
     build_loss,
     logits_from_output,
 )
+from .mc3 import MC3, MixedConvBlock, mc3_18
 from .profile import CostProfile, count_macs, count_parameters, fixed_threads, measure_latency_ms, profile
-from .spec import PAPER_MODEL_1, ArchSpec
+from .spec import DEFAULT_KERNEL, PAPER_MODEL_1, ArchSpec
+from .supernet import CBAMSupernet3D, measure_latency_table
 
 __all__ = [
     "ArchSpec",
     "PAPER_MODEL_1",
+    "DEFAULT_KERNEL",
+    "CBAMSupernet3D",
+    "measure_latency_table",
+    "gumbel_softmax_st",
+    "TemperatureSchedule",
     "CBAMResNet3D",
     "ATTENTION_OPTIONS",
     "HEADS",
@@ -42,7 +50,12 @@ __all__ = [
     "LOSSES",
     "MARGINS",
     "NETWORKS",
+    "BASELINES",
     "build_network",
+    "registered_name",
+    "MC3",
+    "MixedConvBlock",
+    "mc3_18",
     "CostProfile",
     "profile",
     "count_parameters",

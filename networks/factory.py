@@ -1,4 +1,4 @@
-"""The one network factory: NAS-Lung candidates by spec and MONAI's 3D baselines by name."""
+"""The one network factory: NAS-Lung candidates by spec, and 3D baselines (MONAI's nets, MC3-18) by name."""
 
 from __future__ import annotations
 
@@ -6,76 +6,151 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.nn as nn
-from monai.networks.nets import DenseNet121, SEResNet50, resnet18, resnet50
+from monai.networks.nets import DenseNet121, SEResNet50, resnet18, resnet50, resnet101
+from monai.utils import look_up_option
 
-from naslung.networks.cbam_resnet import CBAMResNet3D
+from naslung.networks.cbam_resnet import HEADS, CBAMResNet3D
+from naslung.networks.losses import AngularLinear
+from naslung.networks.mc3 import mc3_18
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
 from naslung.pipeline.errors import ConfigError
 
-__all__ = ["NETWORKS", "build_network"]
+__all__ = ["NETWORKS", "BASELINES", "build_network", "registered_name"]
+
+
+def _with_head(network: nn.Module, attribute: str, head: str, margin: int) -> nn.Module:
+    """Give a MONAI network the head ``head``: keep its final ``nn.Linear`` at ``attribute`` (a dotted module name)
+    for ``"linear"``, or replace it by an :class:`AngularLinear` of the same sizes for ``"angular"`` (A-Softmax)."""
+    try:
+        head = look_up_option(head, HEADS)
+    except ValueError:
+        raise ConfigError(f"head {head!r} is not supported; use one of {HEADS}.") from None
+    if head == "angular":
+        parent_name, _, name = attribute.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        linear = getattr(parent, name)
+        setattr(parent, name, AngularLinear(linear.in_features, linear.out_features, margin=margin))
+    return network
 
 
 def _cbam_resnet3d(arch: ArchSpec | str | Sequence[Any] = PAPER_MODEL_1, **kwargs: Any) -> nn.Module:
     return CBAMResNet3D(arch=arch, **kwargs)
 
 
-def _densenet121(spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    return DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **kwargs)
+def _densenet121(
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    head: str = "linear",
+    margin: int = 4,
+    **kwargs: Any,
+) -> nn.Module:
+    network = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **kwargs)
+    return _with_head(network, "class_layers.out", head, margin)
 
 
-def _resnet18(spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs)
+def _monai_resnet(monai_builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A factory builder around one of MONAI's ``resnet18/50/101`` functions (their final layer is ``fc``)."""
+
+    def build(
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        head: str = "linear",
+        margin: int = 4,
+        **kwargs: Any,
+    ) -> nn.Module:
+        network = monai_builder(
+            spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs
+        )
+        return _with_head(network, "fc", head, margin)
+
+    return build
 
 
-def _resnet50(spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    return resnet50(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs)
-
-
-def _seresnet50(spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
-    return SEResNet50(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **kwargs)
+def _seresnet50(
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    head: str = "linear",
+    margin: int = 4,
+    **kwargs: Any,
+) -> nn.Module:
+    network = SEResNet50(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **kwargs)
+    return _with_head(network, "last_linear", head, margin)
 
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "cbam_resnet3d": _cbam_resnet3d,
     "densenet121": _densenet121,
-    "resnet18": _resnet18,
-    "resnet50": _resnet50,
+    "mc3_18": mc3_18,
+    "resnet18": _monai_resnet(resnet18),
+    "resnet50": _monai_resnet(resnet50),
+    "resnet101": _monai_resnet(resnet101),
     "seresnet50": _seresnet50,
 }
-"""Registered names. Every builder takes MONAI's ``spatial_dims, in_channels, num_classes`` (defaults 3, 1, 2)
-plus its own keyword arguments; ``cbam_resnet3d`` takes ``arch`` (default Table 5's Model-1) and the options of
-:class:`CBAMResNet3D`."""
+"""Registered names. Every builder takes MONAI's ``spatial_dims, in_channels, num_classes`` (defaults 3, 1, 2), a
+``head`` (``"linear"``, or ``"angular"`` for A-Softmax, :class:`AngularLinear`) with its ``margin``, and its own
+keyword arguments (e.g. ``widen_factor`` of the ResNets and MC3, ``init_features`` of DenseNet121).
+``cbam_resnet3d`` takes ``arch`` (default Table 5's Model-1) and the options of :class:`CBAMResNet3D`; the others
+are the baselines (:data:`BASELINES`): MONAI's 3D DenseNet121, ResNet-18/50/101 and SE-ResNet50, and MC3-18
+(:class:`naslung.networks.mc3.MC3`), CovidNet3D's baselines being ResNet3D-101, DenseNet3D-121 and MC3_18."""
+
+BASELINES: tuple[str, ...] = tuple(name for name in NETWORKS if name != "cbam_resnet3d")
+"""The registered networks that are not NAS-Lung candidates: they have no CBAM, so ``attention`` must be
+``"none"`` for them."""
 
 
-_CANDIDATE_ONLY = ("arch", "attention", "head", "margin", "cbam_reduction", "spatial_kernel_size", "record_attention")
-"""Options of :class:`CBAMResNet3D` that MONAI's baselines do not take."""
+_CANDIDATE_ONLY = ("arch", "cbam_reduction", "spatial_kernel_size", "record_attention")
+"""Options of :class:`CBAMResNet3D` that the baselines do not take (``attention`` they take as ``"none"`` only)."""
 
 
 def _key(name: str) -> str:
     return name.strip().lower().replace("_", "").replace("-", "")
 
 
+def registered_name(name: str) -> str:
+    """The :data:`NETWORKS` key of a network name, ignoring case, ``_`` and ``-`` (``"ResNet-18"`` -> ``"resnet18"``).
+
+    Raises:
+        ConfigError: when no registered network has that name.
+    """
+    names = {_key(registered): registered for registered in NETWORKS}
+    found = names.get(_key(name)) if isinstance(name, str) else None
+    if found is None:
+        raise ConfigError(
+            f"unknown network {name!r}; use one of {sorted(NETWORKS)} or an architecture spec such as "
+            "'[4,4,[4,4],[4,8],[8,8]]'."
+        )
+    return found
+
+
 def build_network(name_or_spec: str | ArchSpec | Sequence[Any], **kwargs: Any) -> nn.Module:
     """Build a network from a registered name or an architecture spec.
 
+    Every network takes ``spatial_dims, in_channels, num_classes``, ``head`` and ``margin``, so the training config
+    (``network_def`` of ``train.json``) builds any of them with the same arguments and A-Softmax works for all.
+    ``attention`` configures CBAM: the baselines have none and accept only ``attention="none"`` (``None``).
+
     Args:
-        name_or_spec: a name of :data:`NETWORKS` (case, ``_`` and ``-`` ignored: ``"DenseNet121"`` works), or a
+        name_or_spec: a name of :data:`NETWORKS` (see :func:`registered_name`: ``"DenseNet121"`` works), or a
             NAS-Lung spec as :class:`ArchSpec`, its text ``"[4,4,[4,4],[4,8],[8,8]]"`` or nested lists, which
             builds :class:`CBAMResNet3D`.
-        kwargs: passed to the builder, e.g. ``spatial_dims=3, in_channels=1, num_classes=2``, or
-            ``attention="none", head="angular"`` for a spec.
+        kwargs: passed to the builder, e.g. ``spatial_dims=3, in_channels=1, num_classes=2``, ``head="angular",
+            margin=4``, or ``attention="spatial_first"`` for a spec.
 
     Returns:
         The network (in training mode, freshly initialised).
 
     Raises:
-        ConfigError: for an unknown name, a malformed spec, or a candidate-only option (``attention``, ``head``,
-            ``margin``, ...) given to a MONAI baseline.
+        ConfigError: for an unknown name, a malformed spec, an unsupported head, a CBAM option other than
+            ``attention="none"`` given to a baseline, or a candidate-only option (``arch``, ``cbam_reduction``,
+            ...) given to a baseline.
 
     Example::
 
         build_network("[4,4,[4,4],[4,8],[8,8]]", head="angular")
-        build_network("resnet18", spatial_dims=3, in_channels=1, num_classes=2)
+        build_network("densenet121", head="angular", margin=4, attention="none")
     """
     if isinstance(name_or_spec, ArchSpec) or (isinstance(name_or_spec, Sequence) and not isinstance(name_or_spec, str)):
         return CBAMResNet3D(arch=name_or_spec, **kwargs)
@@ -83,19 +158,18 @@ def build_network(name_or_spec: str | ArchSpec | Sequence[Any], **kwargs: Any) -
         raise ConfigError(f"build_network: expected a network name or an architecture spec, got {name_or_spec!r}.")
     if name_or_spec.lstrip().startswith("["):
         return CBAMResNet3D(arch=ArchSpec.parse(name_or_spec), **kwargs)
-    builders = {_key(name): builder for name, builder in NETWORKS.items()}
-    builder = builders.get(_key(name_or_spec))
-    if builder is None:
-        raise ConfigError(
-            f"unknown network {name_or_spec!r}; use one of {sorted(NETWORKS)} or an architecture spec such as "
-            f"'[4,4,[4,4],[4,8],[8,8]]'."
-        )
-    if builder is not _cbam_resnet3d:
+    name = registered_name(name_or_spec)
+    if name in BASELINES:
         misplaced = sorted(set(kwargs) & set(_CANDIDATE_ONLY))
         if misplaced:
             raise ConfigError(
-                f"network {name_or_spec!r} does not take {misplaced}: these options belong to NAS-Lung candidates "
-                "(architecture specs); leave them out of the config for MONAI baselines (and train those with the "
-                "'softmax' loss, as they have no angular head)."
+                f"network {name!r} does not take {misplaced}: these options belong to NAS-Lung candidates "
+                "(architecture specs); leave them out of the config for the baselines."
             )
-    return builder(**kwargs)
+        attention = kwargs.pop("attention", None)
+        if attention not in (None, "none"):
+            raise ConfigError(
+                f"network {name!r} has no CBAM attention, so attention must be 'none', got {attention!r}; "
+                f"`naslung train --network {name}` sets it (or --set attention=none)."
+            )
+    return NETWORKS[name](**kwargs)

@@ -8,7 +8,8 @@ Reads ``RUN/train/<slug>/fold_<k>/test_predictions.csv`` (one file per network a
     RUN/ensemble/per_fold.csv               the ensemble's metrics on each held-out fold
     RUN/ensemble/metrics.json               members, per-fold and mean ± std metrics, parameters, latency
     RUN/ensemble/ensemble_size.csv/.png     metrics against the number of members (random draws)
-    RUN/ensemble/results_table.md/.csv      ours (ensemble and single networks) beside the published Table 1 and 5
+    RUN/ensemble/results_table.md/.csv      ours (ensemble, single networks and the baselines of RUN/baselines,
+                                            scored on the same test folds) beside the published Table 1 and 5
 
 Which networks form the ensemble is fixed before any test fold is looked at (``--members``, else the search's
 ``selected.json``, else every trained network); the held-out folds only score it.
@@ -328,6 +329,7 @@ def run_ensemble_step(
     Raises:
         DataError: see :func:`find_members` and :func:`fold_probabilities`.
     """
+    from naslung.pipeline.baselines import baseline_prediction_files, baseline_records
     from naslung.pipeline.figures import plot_ensemble_size
     from naslung.pipeline.published import write_results_table
 
@@ -336,6 +338,7 @@ def run_ensemble_step(
     found = find_members(run, members)
     folds = list(found[0].folds)
     stamps = [_stamp(m.predictions_path(f)) for m in found for f in folds]
+    stamps += [_stamp(path) for path in baseline_prediction_files(run)]
     settings = {"sizes": list(sizes), "draws": draws, "seed": seed, "threshold": threshold, "latency": latency}
     digest = fingerprint(stamps, settings, [m.slug for m in found])
     if not force and is_done(out, digest):
@@ -345,6 +348,7 @@ def run_ensemble_step(
     names = [m.slug for m in found]
     per_fold, member_folds = [], {m.slug: [] for m in found}
     all_ids, all_labels, all_folds, all_probs = [], [], [], []
+    fold_nodules: dict[int, list[str]] = {}
     for fold in progress(folds, total=len(folds), desc="ensemble folds"):
         ids, labels, matrix = fold_probabilities(found, fold)
         write_ensemble_table(out / f"fold_{fold}" / "predictions.csv", ids, labels, matrix, names, threshold)
@@ -352,6 +356,7 @@ def run_ensemble_step(
         for member, probs in zip(found, matrix, strict=True):
             member_folds[member.slug].append({"fold": fold, **binary_metrics(labels, probs, threshold)})
         all_ids += ids
+        fold_nodules[fold] = ids
         all_labels.append(labels)
         all_folds.append(np.full(len(ids), fold))
         all_probs.append(matrix)
@@ -394,6 +399,11 @@ def run_ensemble_step(
         {"method": f"{r['spec']} (ours)", **r["summary"], "params": r["params"], "latency_ms": r["latency_ms"]}
         for r in member_records
     ]
+    baselines = baseline_records(run, fold_nodules, threshold, latency=latency, progress=progress)
+    ours += [
+        {"method": f"{r['slug']} baseline (ours)", **r["summary"], "params": r["params"], "latency_ms": r["latency_ms"]}
+        for r in baselines
+    ]
     write_results_table(ours, out / "results_table.md", out / "results_table.csv", tables=("table1", "table5"))
 
     pooled_vote = majority_vote(probs_all, threshold)
@@ -409,6 +419,7 @@ def run_ensemble_step(
         "n_disagreements": int(pooled_vote["disagreement"].sum()),
         "params": total_params,
         "latency_ms": total_latency,
+        "baselines": baselines,
         "ensemble_size": size_rows,
     }
     write_json(out / "metrics.json", result)

@@ -119,19 +119,24 @@ def _search(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trained(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if (p / "cv_metrics.json").is_file()) if folder.is_dir() else []
+
+
 def _cv(run: Path) -> str:
-    train_dir = run / "train"
-    members = sorted(p for p in train_dir.glob("*") if (p / "cv_metrics.json").is_file()) if train_dir.is_dir() else []
+    members = _trained(run / "train")
+    baselines = _trained(run / "baselines")
     ensemble = _read_json(run / "ensemble" / "metrics.json")
-    if not members and not ensemble:
+    if not members and not baselines and not ensemble:
         return _not_run("train", "naslung train --data RUN/data --out RUN/train/SLUG --arch SPEC")
     lines = ["Test-fold metrics (%), mean ± std over the held-out folds:", ""]
     lines += ["| network | folds | " + " | ".join(_METRICS) + " |", "|---|---|" + "---:|" * len(_METRICS)]
-    for member in members:
+    for member in members + baselines:
         cv = _read_json(member / "cv_metrics.json") or {}
         summary = cv.get("summary", {})
         cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]
-        lines.append(f"| `{member.name}` | {cv.get('folds')} | " + " | ".join(cells) + " |")
+        name = f"`{member.name}`" + (" (baseline)" if member.parent.name == "baselines" else "")
+        lines.append(f"| {name} | {cv.get('folds')} | " + " | ".join(cells) + " |")
     if ensemble:
         summary = ensemble.get("summary", ensemble)
         cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]

@@ -3,7 +3,10 @@
 Each step reads the previous step's outputs from the run directory and skips itself when they are current, so
 re-running the same command after a crash resumes where it stopped. The steps, in order::
 
-    prepare -> search -> train -> ensemble -> evaluate -> report -> export-bundle -> smoke
+    prepare -> search -> train -> baselines -> ensemble -> evaluate -> export-bundle -> smoke -> report
+
+``baselines`` trains the factory networks listed in the profile's ``baselines.networks`` (none in ``quick``) on the
+same folds, into ``RUN/baselines``; the results table of ``ensemble`` and the report list them.
 """
 
 from __future__ import annotations
@@ -186,6 +189,30 @@ def _step_train(ctx: RunContext) -> str:
     return f"{len(f1)} networks on folds {folds}; test F1 per network: " + ", ".join(f"{v:.3f}" for v in f1)
 
 
+def _step_baselines(ctx: RunContext) -> str:
+    from naslung.pipeline.baselines import train_baselines
+    from naslung.pipeline.datalists import read_manifest
+
+    settings = ctx.settings.get("baselines", {})
+    networks = list(settings.get("networks") or [])
+    if not networks:
+        return "none (list factory networks in the profile's baselines.networks, e.g. resnet18)"
+    overrides = _train_overrides(ctx)
+    folds = overrides.pop("folds", [0, 1, 2, 3, 4])
+    overrides = {**overrides, "loss_name": "asoftmax", **settings.get("train", {})}
+    results = train_baselines(
+        read_manifest(ctx.data_dir / "manifest.csv"),
+        networks,
+        folds,
+        ctx.run_dir,
+        overrides=overrides,
+        show_progress=ctx.show_progress,
+        progress=ctx.progress,
+    )
+    f1 = ", ".join(f"{name} {r['summary'].get('f1_mean', float('nan')):.3f}" for name, r in results.items())
+    return f"{len(results)} baselines on folds {folds}; test F1: {f1}"
+
+
 def _step_ensemble(ctx: RunContext) -> str:
     from naslung.pipeline.ensemble_step import run_ensemble_step
 
@@ -241,6 +268,7 @@ RUN_STEPS: tuple[tuple[str, Callable[[RunContext], str]], ...] = (
     ("prepare", _step_prepare),
     ("search", _step_search),
     ("train", _step_train),
+    ("baselines", _step_baselines),
     ("ensemble", _step_ensemble),
     ("evaluate", _step_evaluate),
     ("export-bundle", _step_export),

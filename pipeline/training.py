@@ -21,7 +21,7 @@ from monai.utils import set_determinism
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
 from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import FoldSplit, split_for_fold
-from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.handlers import PredictionCollector
 from naslung.pipeline.metrics import binary_metrics
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
@@ -34,6 +34,7 @@ __all__ = [
     "predict",
     "fold_dir_name",
     "spec_slug",
+    "network_overrides",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def spec_slug(spec: Any) -> str:
     """A filesystem-safe folder name for a network: ``"[4,4,[4,4],[4,8],[8,8]]"`` -> ``"4-4_4-4_4-8_8-8"``.
 
     Specs (an :class:`~naslung.networks.ArchSpec`, its text or nested lists) map to their channels, stage by
-    stage; factory names (``"densenet121"``) are kept as they are.
+    stage (a block with another kernel than 3 as ``8k5``); factory names (``"densenet121"``) are kept as they are.
     """
     from naslung.networks import ArchSpec
 
@@ -80,7 +81,36 @@ def spec_slug(spec: Any) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.strip()).strip("-") or "network"
     arch = ArchSpec.coerce(spec)
     stem = f"{arch.stage1}-{arch.stage2}"
-    return "_".join([stem] + ["-".join(str(c) for c in stage) for stage in arch.stages])
+    stages = zip(arch.stages, arch.kernel_sizes, strict=True)
+    blocks = ["-".join(f"{c}" if k == 3 else f"{c}k{k}" for c, k in zip(*stage, strict=True)) for stage in stages]
+    return "_".join([stem, *blocks])
+
+
+def network_overrides(network: str = "cbam_resnet3d", arch: str | None = None) -> dict[str, Any]:
+    """Training-config overrides that select a network of :data:`naslung.networks.NETWORKS`.
+
+    The config's ``arch`` names the network (``network_def#name_or_spec``): a NAS-Lung spec builds
+    ``cbam_resnet3d``, a registered name builds that baseline. Baselines have no CBAM, so ``attention`` is set to
+    ``"none"``; ``head``/``margin`` follow ``loss_name`` for every network (A-Softmax works for all).
+
+    Args:
+        network: a registered name (``"cbam_resnet3d"``, ``"resnet18"``, ``"densenet121"``, ``"mc3_18"``, ...).
+        arch: the spec of ``cbam_resnet3d`` (``None``: the config's ``arch``).
+
+    Returns:
+        ``{"arch": spec}`` (or ``{}``) for ``cbam_resnet3d``; ``{"arch": name, "attention": "none"}`` for a baseline.
+
+    Raises:
+        ConfigError: for an unknown network, or a spec given for a baseline.
+    """
+    from naslung.networks import BASELINES, registered_name
+
+    name = registered_name(network)
+    if name not in BASELINES:
+        return {} if arch is None else {"arch": arch}
+    if arch is not None:
+        raise ConfigError(f"an architecture spec ({arch!r}) is for cbam_resnet3d; network {name!r} takes none")
+    return {"arch": name, "attention": "none"}
 
 
 def fold_dir_name(test_fold: int | None) -> str:
@@ -194,7 +224,11 @@ def train_fold(
         network = parser.get_parsed_content("network")
         device = parser.get_parsed_content("device")
     except Exception as err:
-        raise ConfigError(f"cannot build the training engines from the config: {err}") from err
+        cause: BaseException = err  # MONAI wraps our ConfigError (e.g. from build_network): show its message
+        while cause.__cause__ is not None and not isinstance(cause, NaslungError):
+            cause = cause.__cause__
+        reason = cause if isinstance(cause, NaslungError) else err
+        raise ConfigError(f"cannot build the training engines from the config: {reason}") from err
     history_path = fold_dir / "history.jsonl"
     _History(history_path, trainer, evaluator)
     if show_progress:

@@ -14,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from naslung.pipeline.run_job import PROFILES, RUN_STEPS
 
     parser = subparsers.add_parser(
-        "run", help="prepare -> search -> train -> ensemble -> evaluate -> bundles -> report, resumable"
+        "run", help="prepare -> search -> train -> baselines -> ensemble -> evaluate -> bundles -> report, resumable"
     )
     parser.add_argument("--out", default="runs/quick", help="run directory (default: runs/quick)")
     parser.add_argument("--profile", choices=PROFILES, default="quick", help="quick (CPU, ~15 min) or paper (GPU)")

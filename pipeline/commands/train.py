@@ -1,4 +1,4 @@
-"""``naslung train``: train one network spec on one fold or several folds (held-out test fold each)."""
+"""``naslung train``: train one network (a NAS-Lung spec or a baseline) on one or several held-out folds."""
 
 from __future__ import annotations
 
@@ -13,22 +13,29 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``naslung train``."""
+    from naslung.networks import NETWORKS
+
     parser = subparsers.add_parser("train", help="train a network on one or more held-out folds")
     parser.add_argument("--data", required=True, help="folder with manifest.csv (from `naslung prepare`)")
     parser.add_argument("--out", required=True, help="run directory of this network")
     parser.add_argument("--folds", type=int, nargs="+", help="held-out test folds (default: the config's `folds`)")
-    parser.add_argument("--arch", help="architecture spec, e.g. '[4,4,[4,4],[4,8],[8,8]]' or a factory name")
+    parser.add_argument(
+        "--network",
+        default="cbam_resnet3d",
+        choices=sorted(NETWORKS),
+        help="network of the factory: cbam_resnet3d (a NAS-Lung spec, see --arch) or a 3D baseline",
+    )
+    parser.add_argument("--arch", help="spec of cbam_resnet3d, e.g. '[4,4,[4,4],[4,8],[8,8]]' (default: the config's)")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from naslung.pipeline.datalists import read_manifest
-    from naslung.pipeline.training import load_train_config, train_folds
+    from naslung.pipeline.training import load_train_config, network_overrides, train_folds
 
     overrides = parse_overrides(args.overrides)
-    if args.arch:
-        overrides["arch"] = args.arch
+    overrides.update(network_overrides(args.network, args.arch))
     merged = load_train_config(args.config, overrides)
     folds = args.folds or merged["folds"]
     datalist = read_manifest(Path(args.data) / "manifest.csv")
