@@ -1048,9 +1048,14 @@ def _replace_dir(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
+_NOT_BUNDLE_SOURCES = ("__pycache__", "monailabel")
+"""Folders under ``bundles/`` that no exported bundle is made from (the MONAI Label app serves bundles)."""
+
+
 def _sources_digest(sources: Path, modules: Iterable[str]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in sources.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    files = (p for p in sources.rglob("*") if p.is_file())
+    for path in sorted(p for p in files if not set(p.relative_to(sources).parts) & set(_NOT_BUNDLE_SOURCES)):
         digest.update(path.relative_to(sources).as_posix().encode())
         digest.update(path.read_bytes())
     for module in sorted(modules):
