@@ -499,8 +499,17 @@ def _is_lr(name: str) -> bool:
     return lowered == "lr" or lowered.endswith("_lr") or lowered.startswith("lr_") or "learning_rate" in lowered
 
 
+def _option_text(kind: str, value: Any) -> str:
+    if kind == "keep":
+        return "keep" if value else "skip"
+    return f"{value} ch" if kind == "width" else f"{value}^3"
+
+
 def plot_architecture_probabilities(
-    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "DNAS architecture probabilities"
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "DNAS architecture probabilities",
+    options: Mapping[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Evolution of the DNAS architecture parameters: per decision kind (width, kernel, keep) one panel with, for
     every decision, the probability of its final most probable option against the supernet epoch.
@@ -510,6 +519,8 @@ def plot_architecture_probabilities(
             [p_option, ...]}``, names like ``"stage3.block2.width"``).
         path: PNG file to write.
         title: figure title.
+        options: per decision name the values its options stand for (widths in channels, kernel sizes, skip/keep),
+            shown in the legend; option indices when missing.
 
     Raises:
         DataError: when ``records`` is empty or a record lacks the fields.
@@ -529,7 +540,13 @@ def plot_architecture_probabilities(
         for name in (n for n in names if n.endswith("." + kind)):
             values = series[name]
             final = int(values[-1].argmax())
-            label = f"{name.rsplit('.', 1)[0]} -> option {final}"
+            values_of = (options or {}).get(name)
+            chosen = (
+                f"option {final}"
+                if values_of is None or final >= len(values_of)
+                else _option_text(kind, values_of[final])
+            )
+            label = f"{name.rsplit('.', 1)[0]} -> {chosen}"
             axes.plot(epochs, values[:, final], marker="o", markersize=3, linewidth=1.0, label=label)
         axes.set_ylim(0.0, 1.0)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

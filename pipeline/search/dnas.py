@@ -410,7 +410,8 @@ def run_dnas_search(
     candidates = [r for r in journal.records() if r["spec"] in wanted]
     front = pareto_front(candidates)
     write_pareto_csv(candidates, out / "pareto.csv")
-    plot_architecture_probabilities(records, out / "alphas.png")
+    options = {d.name: d.options for d in supernet.decisions}
+    plot_architecture_probabilities(records, out / "alphas.png", options=options)
     selected = select_candidates(candidates, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"))
     write_json(out / "selected.json", {**selected_payload(cfg, selected, settings["test_folds"]), "strategy": "dnas"})
     final = records[-1] if records else {}
