@@ -5,7 +5,10 @@ Run: ``python benchmarks/train_step.py [--cubes 96] [--batch-size 16] [--epochs 
 For Table 5's Model-1 ``[4,4,[4,4],[4,8],[8,8]]`` and a spec of about 2 M parameters, a MONAI ``SupervisedTrainer``
 (A-Softmax head and loss, Adam) runs over generated 32³ ``.npy`` cubes through the training transforms
 (:func:`naslung.transforms.train_transforms`: load, pad to 36³, random crop, flips) with a MONAI ``DataLoader``, for
-``Dataset`` and ``CacheDataset`` (which caches the loading and padding) and each number of workers. Ignite's
+``Dataset`` and ``CacheDataset`` (which caches the loading and padding) and each number of workers (the packaged
+training config's choice is marked ``*``); and, for comparison, ``CacheDataset`` with the chain run with MetaTensor
+tracking on (``meta``, the chain before it ran untracked: MONAI's per-transform metadata bookkeeping costs ~5x the
+crop and flips themselves) and with a ``ThreadDataLoader`` (the next batch made in a background thread). Ignite's
 :class:`~ignite.handlers.Timer` handlers measure, per epoch, the time between ``GET_BATCH_STARTED`` and
 ``GET_BATCH_COMPLETED`` (waiting for the loader, including starting its workers) against the whole step
 (``GET_BATCH_STARTED`` to ``ITERATION_COMPLETED``). The first epoch is a warm-up and is not reported. Printed:
@@ -31,14 +34,14 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.handlers import Timer
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.engines import SupervisedTrainer
 from monai.utils import set_determinism
 
 from naslung.networks import build_loss, build_network, count_parameters
 from naslung.transforms import train_transforms
 
-__all__ = ["main", "make_cubes", "bench_loader"]
+__all__ = ["main", "make_cubes", "bench_loader", "packaged_loader"]
 
 PAPER_MODEL_1 = "[4,4,[4,4],[4,8],[8,8]]"
 SPEC_2M = "[4,4,[16,32],[64,64],[128,128]]"  # 2,010,569 parameters with the angular head
@@ -78,12 +81,23 @@ def make_cubes(folder: Path, count: int, seed: int = 0, folds: int = 5) -> list[
 
 
 def bench_loader(
-    spec: str, items: list[dict], cache: bool, workers: int, batch_size: int, epochs: int
+    spec: str,
+    items: list[dict],
+    cache: bool,
+    workers: int,
+    batch_size: int,
+    epochs: int,
+    thread: bool = False,
+    track_meta: bool = False,
 ) -> dict[str, float]:
-    """Train ``spec`` for ``epochs`` epochs; return samples/s and the data-wait share of the epochs after the first."""
+    """Train ``spec`` for ``epochs`` epochs; return samples/s and the data-wait share of the epochs after the first.
+
+    ``thread``: load with MONAI's ``ThreadDataLoader`` (one batch prefetched in a background thread);
+    ``track_meta``: run the transforms on MetaTensors (``train_transforms(track_meta=True)``).
+    """
     set_determinism(seed=0)
     network = build_network(spec, head="angular")
-    transform = train_transforms()
+    transform = train_transforms(track_meta=track_meta)
     start = time.perf_counter()
     dataset = (
         CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
@@ -91,7 +105,8 @@ def bench_loader(
         else Dataset(items, transform)
     )
     cache_s = time.perf_counter() - start
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader_type = ThreadDataLoader if thread else DataLoader
+    loader = loader_type(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
@@ -126,6 +141,14 @@ def bench_loader(
         "step_ms": 1e3 * step_s / (samples / batch_size),
         "cache_s": cache_s,
     }
+
+
+def packaged_loader() -> tuple[str, str, int]:
+    """(dataset class, loader class, workers) of the packaged training config's training data path."""
+    from naslung.pipeline.training import load_train_config
+
+    config = load_train_config()
+    return config["train"]["dataset"]["_target_"], config["train"]["dataloader"]["_target_"], int(config["num_workers"])
 
 
 def learning_check(args: argparse.Namespace, scratch: Path) -> None:
@@ -203,25 +226,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         items = [] if args.no_throughput else make_cubes(scratch / "cubes", args.cubes)
-        header = f"{'spec':<34} {'params':>10} {'dataset':<13} {'workers':>7} {'samples/s':>10} {'ms/step':>9}"
+        header = f"{'spec':<34} {'params':>10} {'dataset':<13} {'loader':<18} {'workers':>7} {'samples/s':>10}"
         if not args.no_throughput:
-            print(header + f" {'data wait':>10} {'cache s':>8}")
+            print(header + f" {'ms/step':>9} {'data wait':>10} {'cache s':>8}")
+        default = packaged_loader()
         for spec in [] if args.no_throughput else args.specs:
             params = count_parameters(build_network(spec, head="angular"))
             best = None
-            for cache in (False, True):
-                for workers in args.workers:
-                    row = bench_loader(spec, items, cache, workers, args.batch_size, args.epochs)
-                    name = "CacheDataset" if cache else "Dataset"
-                    flag = "" if row["data_fraction"] < 0.05 else "  (over 5%)"
-                    print(
-                        f"{spec:<34} {params:>10,} {name:<13} {workers:>7} {row['samples_per_s']:>10.1f} "
-                        f"{row['step_ms']:>9.1f} {100 * row['data_fraction']:>9.1f}% "
-                        f"{row['cache_s'] if cache else math.nan:>8.2f}{flag}"
-                    )
-                    if best is None or row["samples_per_s"] > best[0]:
-                        best = (row["samples_per_s"], name, workers)
+            runs = [(cache, False, workers, False) for cache in (False, True) for workers in args.workers]
+            runs += [(True, False, 0, True), (True, True, 0, False)]
+            for cache, thread, workers, track_meta in runs:
+                row = bench_loader(spec, items, cache, workers, args.batch_size, args.epochs, thread, track_meta)
+                name = "CacheDataset" if cache else "Dataset"
+                loader = ("ThreadDataLoader" if thread else "DataLoader") + (" meta" if track_meta else "")
+                mark = "*" if (name, loader, workers) == default else " "
+                flag = "" if row["data_fraction"] < 0.05 else "  (over 5%)"
+                print(
+                    f"{spec:<34} {params:>10,} {name:<13} {loader:<17}{mark} {workers:>7} "
+                    f"{row['samples_per_s']:>10.1f} {row['step_ms']:>9.1f} {100 * row['data_fraction']:>9.1f}% "
+                    f"{row['cache_s'] if cache else math.nan:>8.2f}{flag}"
+                )
+                if best is None or row["samples_per_s"] > best[0]:
+                    best = (row["samples_per_s"], f"{name} + {loader}", workers)
             print(f"  fastest for {spec}: {best[1]} with {best[2]} workers, {best[0]:.1f} samples/s")
+        if not args.no_throughput:
+            print(f"  * the packaged training config's loader: {default[0]} + {default[1]}, {default[2]} workers")
         if args.learning_check:
             learning_check(args, scratch)
 

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed derived from (seed, epoch) so every epoch's randomness is reproducible on its own."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    # shift a Python int: NumPy 1.x (bundles run there too, e.g. under MONAI Label) cannot shift uint64 by an int
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 class EpochSeedHandler:
@@ -66,7 +67,8 @@ class ResumableCheckpoint:
     """Save everything needed to resume at each epoch end, and load it when the engine starts.
 
     The checkpoint ``save_dir/filename`` holds the ``state_dict`` of every object in ``save_dict`` (model,
-    optimiser, scheduler, loss) and of the engine it is attached to (key ``"trainer"``: epoch, iteration).
+    optimiser, scheduler, loss), of the engine it is attached to (key ``"trainer"``: epoch, iteration) and of the
+    engine's AMP ``GradScaler`` when it has one (key ``"scaler"``, MONAI's ``SupervisedTrainer(amp=True)`` on CUDA).
     It is written to a temporary file and renamed, so a kill never leaves a torn checkpoint. At ``STARTED``
     an existing checkpoint is loaded, and Ignite resumes from the stored epoch.
 
@@ -86,6 +88,9 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None:
+            self.save_dict.setdefault("scaler", scaler)
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)

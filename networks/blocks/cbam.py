@@ -25,6 +25,10 @@ class ChannelAttention(nn.Module):
     ReLU between them, here 1x1 convolutions so the result keeps the singleton spatial axes) shared by the
     two global descriptors.
 
+    The MLP's last layer starts at zero (:meth:`reset_parameters`), so the map starts at ``sigmoid(0) = 0.5`` for
+    every channel: with the convolutions' He initialisation it would start saturated, scaling stage 5 of Model-1
+    by about 0.04 and leaving A-Softmax's logits ``||x|| cos(theta)`` near zero at the paper's lr 2e-4.
+
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
         in_channels: channels C of the feature map.
@@ -51,6 +55,13 @@ class ChannelAttention(nn.Module):
         self.mlp = nn.Sequential(
             conv_type(in_channels, hidden, kernel_size=1), get_act_layer(act), conv_type(hidden, in_channels, 1)
         )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero the MLP's last layer so the attention map starts at 0.5 (the first layer keeps its init)."""
+        last = self.mlp[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the channel attention weights of ``x`` (B, C, *spatial) as (B, C, 1, ..., 1)."""
@@ -63,7 +74,8 @@ class ChannelAttention(nn.Module):
 class SpatialAttention(nn.Module):
     """Spatial attention map of CBAM (Woo et al. 2018; Jiang et al. 2021, Sec. 3.2, eq. 3).
 
-    ``M_S(F) = sigmoid(Conv([AvgPool_c(F); MaxPool_c(F)]))``, the pooling taken across channels.
+    ``M_S(F) = sigmoid(Conv([AvgPool_c(F); MaxPool_c(F)]))``, the pooling taken across channels. The convolution
+    starts at zero (:meth:`reset_parameters`), so the map starts at 0.5 everywhere, as :class:`ChannelAttention`'s.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -79,6 +91,11 @@ class SpatialAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"SpatialAttention: kernel_size must be odd and positive, got {kernel_size}.")
         self.conv = Conv[Conv.CONV, spatial_dims](2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero the convolution so the attention map starts at 0.5."""
+        nn.init.zeros_(self.conv.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the spatial attention map of ``x`` (B, C, *spatial) as (B, 1, *spatial)."""
@@ -90,7 +107,8 @@ class CBAMBlock(nn.Module):
     """Convolutional Block Attention Module (Woo et al. 2018), as used in NAS-Lung (Jiang et al. 2021, eq. 1).
 
     Channel-first (default): ``F' = M_C(F) * F``, ``F'' = M_S(F') * F'``. Spatial-first (Table 3): the two steps
-    swapped. The output has the shape of the input.
+    swapped. The output has the shape of the input. Both maps start at 0.5 (see :class:`ChannelAttention`), so at
+    initialisation the block scales its input by 0.25 and learns its attention from there.
 
     The last spatial attention map is kept in :attr:`spatial_map` (detached, (B, 1, *spatial)) after every forward
     pass when ``record_spatial_map`` is true, for the attention figures (Fig. 5); it does not change the output

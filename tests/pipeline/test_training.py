@@ -42,7 +42,9 @@ def _weights(fold_dir):
     return torch.load(fold_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-def test_one_epoch_writes_outputs(cube_datalist, tmp_path):
+def test_one_epoch_writes_outputs(cube_datalist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where MLFlowHandler would put its default ./mlruns.db
+    assert load_train_config()["mlflow_tracking_uri"] is None  # MLflow is off unless a URI is given
     result = train_fold(cube_datalist, 1, tmp_path, overrides={**TINY, "max_epochs": 1})
     fold_dir = tmp_path / "fold_1"
     for name in ("metrics.json", "history.jsonl", "val_predictions.csv", "test_predictions.csv", "done.json"):
@@ -52,6 +54,7 @@ def test_one_epoch_writes_outputs(cube_datalist, tmp_path):
     assert result["n_test"] == 6 and result["epochs_run"] == 1
     assert set(result["test"]) >= {"accuracy", "sensitivity", "specificity", "f1", "auc"}
     assert json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))["test"] == result["test"]
+    assert not list(tmp_path.glob("**/mlruns*"))
 
 
 def test_rerun_is_skipped(cube_datalist, tmp_path):
@@ -128,3 +131,43 @@ def test_predict_keeps_nodule_ids_and_order(cube_datalist):
     assert [r["nodule_id"] for r in rows] == [d["nodule_id"] for d in cube_datalist[:5]]
     assert [r["label"] for r in rows] == [d["label"] for d in cube_datalist[:5]]
     assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+
+
+def test_mlflow_tracking_logs_the_run(cube_datalist, tmp_path):
+    """With ``mlflow_tracking_uri`` set, MONAI's MLFlowHandler records params, losses and validation metrics."""
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("alembic")  # MLflow's SQLite store migrates its schema with alembic
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    overrides = {**TINY, "max_epochs": 1, "mlflow_tracking_uri": uri}
+    result = train_fold(cube_datalist, 1, tmp_path / "run", overrides=overrides)
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("naslung")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run/fold_1" and run.info.status == "FINISHED"
+    assert run.data.params["arch"] == TINY["arch"] and run.data.params["seed"] == str(TINY["seed"])
+    val_f1 = client.get_metric_history(run.info.run_id, "val_f1")
+    assert [m.step for m in val_f1] == [1]
+    assert [m.value for m in val_f1] == pytest.approx([h["val_f1"] for h in result["history"]])
+    iterations_per_epoch = -(-result["n_train"] // TINY["batch_size"])
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == iterations_per_epoch
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json"]
+
+
+def test_checkpoint_keeps_the_amp_grad_scaler(tmp_path):
+    """The trainer's GradScaler (MONAI sets ``engine.scaler`` with ``amp=True``) is saved and restored on resume."""
+    from ignite.engine import Engine
+
+    from naslung.pipeline.handlers import ResumableCheckpoint
+
+    def engine_with_scaler(init_scale: float) -> Engine:
+        engine = Engine(lambda engine, batch: None)
+        engine.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        ResumableCheckpoint(tmp_path, {}).attach(engine)
+        return engine
+
+    engine_with_scaler(64.0).run([0, 1], max_epochs=1)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]["scale"] == 64.0
+    resumed = engine_with_scaler(8.0)
+    resumed.run([0, 1], max_epochs=1)  # loads the checkpoint at STARTED
+    assert resumed.scaler.get_scale() == 64.0

@@ -132,3 +132,33 @@ def test_dataloader_batches(cube_files):
     batch = next(iter(loader))
     assert tuple(batch["image"].shape) == (2, 1, 32, 32, 32)
     assert batch["label"].dtype == torch.long and batch["label"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("factory", [train_transforms, eval_transforms])
+def test_untracked_chain_matches_the_tracked_one(factory):
+    """The default (untracked) chain gives the tracked chain's values as plain tensors; tracking is restored."""
+    from monai.data import MetaTensor
+    from monai.data.meta_obj import get_track_meta
+
+    cube = np.random.default_rng(8).random((32, 32, 32), dtype=np.float32)
+    fast, tracked = factory(load=False), factory(load=False, track_meta=True)
+    fast.set_random_state(seed=5)
+    tracked.set_random_state(seed=5)
+    for _ in range(3):
+        a, b = fast({"image": cube, "label": 1}), tracked({"image": cube, "label": 1})
+        assert type(a["image"]) is torch.Tensor and isinstance(b["image"], MetaTensor)
+        torch.testing.assert_close(a["image"], b["image"].as_tensor(), rtol=0, atol=0)
+        assert get_track_meta()
+
+
+def test_tracking_is_restored_after_errors_and_in_caching_threads(cube_files):
+    from monai.data import CacheDataset
+    from monai.data.meta_obj import get_track_meta
+
+    paths, _ = cube_files
+    with pytest.raises(RuntimeError):
+        train_transforms()({"image": "missing.npy", "label": 0})
+    assert get_track_meta()
+    data = [{"image": p, "label": 0} for p in paths * 4]
+    dataset = CacheDataset(data, train_transforms(), num_workers=4, progress=False)
+    assert get_track_meta() and type(dataset[0]["image"]) is torch.Tensor
