@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from .blocks import CBAM_ORDERS, CBAMBlock, ChannelAttention, ResidualBlock, SpatialAttention
-from .cbam_resnet import ATTENTION_OPTIONS, HEADS, STAGE_NAMES, CBAMResNet3D
+from .cbam_resnet import ATTENTION_OPTIONS, STAGE_NAMES, CBAMResNet3D
 from .export import INFERENCE_BACKENDS, OnnxRuntimeModel, inference_runner, load_torchscript, to_onnx, to_torchscript
 from .factory import BASELINES, NETWORKS, build_network, registered_name
 from .gumbel import TemperatureSchedule, gumbel_softmax_st
+from .initialisation import init_resnet_weights_
 from .losses import (
+    HEADS,
     LOSSES,
     MARGINS,
     AngularLinear,
@@ -16,6 +18,7 @@ from .losses import (
     SoftmaxCrossEntropyLoss,
     angular_margin_psi,
     build_loss,
+    classification_head,
     logits_from_output,
 )
 from .mc3 import MC3, MixedConvBlock, mc3_18
@@ -34,6 +37,8 @@ __all__ = [
     "CBAMResNet3D",
     "ATTENTION_OPTIONS",
     "HEADS",
+    "classification_head",
+    "init_resnet_weights_",
     "STAGE_NAMES",
     "CBAM_ORDERS",
     "CBAMBlock",

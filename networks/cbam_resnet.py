@@ -9,21 +9,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.layers.factories import Pool
 from monai.utils import look_up_option
 
-from naslung.networks.blocks.cbam import CBAMBlock, ChannelAttention, SpatialAttention
+from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
-from naslung.networks.losses import AngularLinear
+from naslung.networks.initialisation import init_resnet_weights_
+from naslung.networks.losses import HEADS, classification_head
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
 from naslung.pipeline.errors import ConfigError
 
-__all__ = ["ATTENTION_OPTIONS", "HEADS", "STAGE_NAMES", "CBAMResNet3D"]
+__all__ = ["ATTENTION_OPTIONS", "STAGE_NAMES", "CBAMResNet3D"]
 
 ATTENTION_OPTIONS = ("channel_first", "spatial_first", "none")
 """``attention`` values: CBAM channel-first (the paper's), spatial-first (Table 3) or no CBAM (Table 2's base)."""
 
-HEADS = ("linear", "angular")
 """``head`` values: a fully connected layer (softmax training) or A-Softmax's :class:`AngularLinear`."""
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4", "stage5")
@@ -151,26 +151,9 @@ class CBAMResNet3D(nn.Module):
             layers.update(cbam(channels))
             setattr(self, name, nn.Sequential(layers))
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.head: nn.Module
-        if self.head_type == "angular":
-            self.head = AngularLinear(channels, num_classes, margin=margin)
-        else:
-            self.head = nn.Linear(channels, num_classes)
+        self.head = classification_head(self.head_type, channels, num_classes, margin)
         self.feature_channels = channels
-        self._init_weights(spatial_dims)
-
-    def _init_weights(self, spatial_dims: int) -> None:
-        """He initialisation for convolutions, unit/zero for norms, as MONAI's ResNet; CBAM's maps start at 0.5."""
-        conv_type, norm_type = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
-        for module in self.modules():
-            if isinstance(module, conv_type):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, norm_type):
-                nn.init.constant_(module.weight, 1.0)
-                nn.init.constant_(module.bias, 0.0)
-        for module in self.modules():
-            if isinstance(module, (ChannelAttention, SpatialAttention)):
-                module.reset_parameters()  # saturated He-initialised gates would shrink the features ~25-fold
+        init_resnet_weights_(self, spatial_dims)
 
     @torch.jit.export
     def features(self, x: torch.Tensor) -> torch.Tensor:

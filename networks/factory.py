@@ -7,10 +7,9 @@ from typing import Any
 
 import torch.nn as nn
 from monai.networks.nets import DenseNet121, SEResNet50, resnet18, resnet50, resnet101
-from monai.utils import look_up_option
 
-from naslung.networks.cbam_resnet import HEADS, CBAMResNet3D
-from naslung.networks.losses import AngularLinear
+from naslung.networks.cbam_resnet import CBAMResNet3D
+from naslung.networks.losses import classification_head
 from naslung.networks.mc3 import mc3_18
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
 from naslung.pipeline.errors import ConfigError
@@ -21,15 +20,11 @@ __all__ = ["NETWORKS", "BASELINES", "build_network", "registered_name"]
 def _with_head(network: nn.Module, attribute: str, head: str, margin: int) -> nn.Module:
     """Give a MONAI network the head ``head``: keep its final ``nn.Linear`` at ``attribute`` (a dotted module name)
     for ``"linear"``, or replace it by an :class:`AngularLinear` of the same sizes for ``"angular"`` (A-Softmax)."""
-    try:
-        head = look_up_option(head, HEADS)
-    except ValueError:
-        raise ConfigError(f"head {head!r} is not supported; use one of {HEADS}.") from None
-    if head == "angular":
-        parent_name, _, name = attribute.rpartition(".")
-        parent = network.get_submodule(parent_name) if parent_name else network
-        linear = getattr(parent, name)
-        setattr(parent, name, AngularLinear(linear.in_features, linear.out_features, margin=margin))
+    parent_name, _, name = attribute.rpartition(".")
+    parent = network.get_submodule(parent_name) if parent_name else network
+    linear = getattr(parent, name)
+    if head != "linear":
+        setattr(parent, name, classification_head(head, linear.in_features, linear.out_features, margin))
     return network
 
 

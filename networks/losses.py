@@ -19,6 +19,8 @@ __all__ = [
     "angular_margin_psi",
     "logits_from_output",
     "AngularLinear",
+    "HEADS",
+    "classification_head",
     "LambdaSchedule",
     "AngularSoftmaxLoss",
     "SoftmaxCrossEntropyLoss",
@@ -119,6 +121,26 @@ class AngularLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"
+
+
+HEADS = ("linear", "angular")
+"""Classification heads every network of the factory takes: a plain ``nn.Linear`` (softmax) or
+:class:`AngularLinear` (A-Softmax)."""
+
+
+def classification_head(head: str, in_features: int, num_classes: int, margin: int = 4) -> nn.Module:
+    """The final layer ``head`` (one of :data:`HEADS`) mapping (B, in_features) features to (B, num_classes).
+
+    Raises:
+        ConfigError: for an unknown head (or, through :class:`AngularLinear`, a bad margin or size).
+    """
+    try:
+        head = look_up_option(head, HEADS)
+    except ValueError:
+        raise ConfigError(f"head {head!r} is not supported; use one of {HEADS}.") from None
+    if head == "angular":
+        return AngularLinear(in_features, num_classes, margin=margin)
+    return nn.Linear(in_features, num_classes)
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.layers.factories import Pool
 from monai.networks.layers.utils import get_act_layer
-from monai.utils import look_up_option
 
-from naslung.networks.losses import AngularLinear
+from naslung.networks.initialisation import init_resnet_weights_
+from naslung.networks.losses import HEADS, classification_head
 from naslung.pipeline.errors import ConfigError
 
-__all__ = ["MC3_HEADS", "MixedConvBlock", "MC3", "mc3_18"]
-
-MC3_HEADS = ("linear", "angular")
-"""``head`` values: a fully connected layer (softmax training) or A-Softmax's :class:`AngularLinear`."""
+__all__ = ["MixedConvBlock", "MC3", "mc3_18"]
 
 
 def _axes(value_in_plane: int, value_on_slice: int, slice_axis: int) -> tuple[int, int, int]:
@@ -161,10 +158,9 @@ class MC3(nn.Module):
                 f"MC3: in_channels, num_classes and the widened channels {widths} must be positive "
                 f"(in_channels={in_channels}, num_classes={num_classes}, widen_factor={widen_factor})."
             )
-        try:
-            self.head_type = look_up_option(head, MC3_HEADS)
-        except ValueError:
-            raise ConfigError(f"MC3: head {head!r} is not supported; use one of {MC3_HEADS}.") from None
+        if head not in HEADS:
+            raise ConfigError(f"MC3: head {head!r} is not supported; use one of {HEADS}.")
+        self.head_type = head
         self.slice_axis = slice_axis
         self.stem = Convolution(
             3, in_channels, widths[0], strides=_axes(2, 1, slice_axis), kernel_size=_axes(7, 3, slice_axis),
@@ -183,24 +179,15 @@ class MC3(nn.Module):
                 channels = width
             self.stages.add_module(f"layer{index + 1}", stage)
         self.pool = Pool[Pool.ADAPTIVEAVG, 3](1)
-        self.head: nn.Module
-        if self.head_type == "angular":
-            self.head = AngularLinear(channels, num_classes, margin=margin)
-        else:
-            self.head = nn.Linear(channels, num_classes)
+        self.head = classification_head(self.head_type, channels, num_classes, margin)
         self.feature_channels = channels
         self._init_weights()
 
     def _init_weights(self) -> None:
         """He initialisation for convolutions, unit/zero norms, N(0, 0.01) linear weights (torchvision's video nets)."""
-        conv_type, norm_type = Conv[Conv.CONV, 3], Norm[Norm.BATCH, 3]
+        init_resnet_weights_(self, 3)
         for module in self.modules():
-            if isinstance(module, conv_type):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, norm_type):
-                nn.init.constant_(module.weight, 1.0)
-                nn.init.constant_(module.bias, 0.0)
-            elif isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.constant_(module.bias, 0.0)
 

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.layers.factories import Pool
 from monai.networks.layers.utils import get_act_layer
 
 from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
 from naslung.networks.gumbel import gumbel_softmax_st
+from naslung.networks.initialisation import init_resnet_weights_
 from naslung.networks.profile import fixed_threads, measure_latency_ms
 from naslung.networks.spec import ArchSpec
 from naslung.pipeline.errors import ConfigError
@@ -233,13 +234,7 @@ class CBAMSupernet3D(nn.Module):
         self._index = {d.name: i for i, d in enumerate(self.decisions)}
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.head = nn.Linear(width, num_classes)
-        conv_type, norm_type = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
-        for module in self.modules():
-            if isinstance(module, conv_type):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, norm_type):
-                nn.init.constant_(module.weight, 1.0)
-                nn.init.constant_(module.bias, 0.0)
+        init_resnet_weights_(self, spatial_dims)
 
     # -------------------------------------------------------------------------------------------- parameters
     def arch_parameters(self) -> list[nn.Parameter]:
