@@ -197,19 +197,10 @@ def _uniform_latency(supernet: CBAMSupernet3D, table: Mapping[str, float]) -> fl
 
 
 def _check_settings(out: Path, settings: dict[str, Any], resuming: bool) -> None:
-    path = out / "settings.json"
-    if path.is_file() and (out / "journal.jsonl").is_file():
-        if json.loads(path.read_text(encoding="utf-8")).get("strategy", "pop") != "dnas":
-            raise SearchError(f"{out} holds a POP search; use a new --out folder for a DNAS search")
-    if resuming and path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if changed:
-            raise SearchError(
-                f"{out / 'supernet.pt'}: was written with other settings ({', '.join(changed)} differ from {path}); "
-                "use the same settings to resume, or a new --out folder for a new search"
-            )
-    write_json(path, settings)
+    from naslung.pipeline.search.runner import check_search_settings  # runner dispatches to this module
+
+    check_search_settings(out, settings, "dnas", lambda: resuming, out / "supernet.pt")
+    write_json(out / "settings.json", settings)
 
 
 def _write_journal(path: Path, records: Sequence[Mapping[str, Any]]) -> None:

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -186,21 +186,51 @@ def _replay_settings(
     return json.loads(json.dumps(settings, default=str))
 
 
-def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
+def check_search_settings(
+    out: Path, settings: Mapping[str, Any], strategy: str, resuming: Callable[[], bool], state: Path
+) -> bool:
+    """Refuse a search folder that holds the other strategy's search or, when resuming, other settings.
+
+    Args:
+        out: the search folder; its ``settings.json`` is what a search there was started with.
+        settings: this search's settings (``strategy`` missing means POP).
+        strategy: ``"pop"`` or ``"dnas"``.
+        resuming: tells whether ``state`` (the journal or the supernet checkpoint) holds finished work to continue;
+            called only once the folder is known to hold this strategy's search (the other strategy's journal
+            need not parse as this one's).
+        state: the file a resumed search continues from, named in the error.
+
+    Returns:
+        whether ``settings.json`` was there.
+
+    Raises:
+        SearchError: the folder holds the other strategy's search, or resuming with changed settings.
+    """
     path = out / "settings.json"
-    if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("strategy") == "dnas":
-        raise SearchError(f"{out} holds a DNAS search; use a new --out folder for a POP search")
-    if journal.exists() and len(journal) and path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if changed:
-            raise SearchError(
-                f"{journal.path}: was written with other settings ({', '.join(changed)} differ from {path}); "
-                "use the same settings to resume, or a new --out folder for a new search"
-            )
-    elif journal.exists() and len(journal):
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    found = stored.get("strategy", "pop")
+    if found != strategy:
+        raise SearchError(
+            f"{out} holds a {found.upper()} search; use a new --out folder for a {strategy.upper()} search"
+        )
+    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if changed and resuming():
+        raise SearchError(
+            f"{state}: was written with other settings ({', '.join(changed)} differ from {path}); "
+            "use the same settings to resume, or a new --out folder for a new search"
+        )
+    return True
+
+
+def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
+    def resuming() -> bool:
+        return bool(journal.exists() and len(journal))
+
+    if not check_search_settings(out, settings, "pop", resuming, journal.path) and resuming():
         logger.warning("%s has no settings.json; assuming the journal matches these settings", out)
-    write_json(path, settings)
+    write_json(out / "settings.json", settings)
 
 
 def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
