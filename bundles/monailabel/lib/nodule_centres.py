@@ -52,9 +52,10 @@ class NoduleCentre:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _geometry(image: sitk.Image) -> ImageGeometry:
+def _geometry(image: sitk.Image | sitk.ImageFileReader, where: str = "image") -> ImageGeometry:
+    """The grid of an image, or of a file reader after ``ReadImageInformation`` (both have the same getters)."""
     if image.GetDimension() != 3:
-        raise ValueError(f"expected a 3D image, got {image.GetDimension()} dimensions")
+        raise ValueError(f"{where}: expected a 3D image, got {image.GetDimension()} dimensions")
     return ImageGeometry(
         size=tuple(int(n) for n in image.GetSize()),  # type: ignore[arg-type]
         spacing_mm=np.asarray(image.GetSpacing(), dtype=np.float64),
@@ -80,21 +81,14 @@ def read_geometry(path: str | os.PathLike) -> ImageGeometry:
     """
     location = Path(path)
     if location.is_dir():
-        return _geometry(_read_series(location))
+        return _geometry(_read_series(location), str(location))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(location))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise ValueError(f"{location}: not a readable image ({' '.join(str(err).split())[:200]})") from err
-    if reader.GetDimension() != 3:
-        raise ValueError(f"{location}: expected a 3D image, got {reader.GetDimension()} dimensions")
-    return ImageGeometry(
-        size=tuple(int(n) for n in reader.GetSize()),  # type: ignore[arg-type]
-        spacing_mm=np.asarray(reader.GetSpacing(), dtype=np.float64),
-        origin_mm=np.asarray(reader.GetOrigin(), dtype=np.float64),
-        direction=np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3),
-    )
+    return _geometry(reader, str(location))
 
 
 def centres_from_points(points: Any, geometry: ImageGeometry, prefix: str = "click") -> list[NoduleCentre]:
