@@ -199,7 +199,7 @@ def _step_baselines(ctx: RunContext) -> str:
         return "none (list factory networks in the profile's baselines.networks, e.g. resnet18)"
     overrides = _train_overrides(ctx)
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
-    overrides = {**overrides, "loss_name": "asoftmax", **settings.get("train", {})}
+    overrides = {**overrides, **settings.get("train", {})}  # the retrained networks' recipe, loss included
     results = train_baselines(
         read_manifest(ctx.data_dir / "manifest.csv"),
         networks,
