@@ -151,8 +151,10 @@ def _step_search(ctx: RunContext) -> str:
     result = run_search_step(ctx.run_dir / "search", overrides=overrides, data_dir=ctx.data_dir, progress=ctx.progress)
     selected = result.get("selected", [])
     space = result.get("space", {}).get("size", "?")
+    strategy = result.get("strategy", "pop")
+    pruned = "" if result.get("pruned") is None else f"{result['pruned']} pruned, "  # DNAS prunes nothing
     return (
-        f"space of {space} candidates: {result.get('trained', '?')} trained, {result.get('pruned', '?')} pruned, "
+        f"{strategy.upper()} over a space of {space} candidates: {result.get('trained', '?')} trained, {pruned}"
         f"{len(selected)} selected ({result.get('stop_reason', '')})"
     )
 
