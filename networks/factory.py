@@ -32,20 +32,17 @@ def _cbam_resnet3d(arch: ArchSpec | str | Sequence[Any] = PAPER_MODEL_1, **kwarg
     return CBAMResNet3D(arch=arch, **kwargs)
 
 
-def _densenet121(
-    spatial_dims: int = 3,
-    in_channels: int = 1,
-    num_classes: int = 2,
-    head: str = "linear",
-    margin: int = 4,
-    **kwargs: Any,
-) -> nn.Module:
-    network = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **kwargs)
-    return _with_head(network, "class_layers.out", head, margin)
+def _monai_baseline(
+    monai_builder: Callable[..., nn.Module], in_arg: str, out_arg: str, head_attribute: str
+) -> Callable[..., nn.Module]:
+    """A factory builder around one of MONAI's 3D classifiers.
 
-
-def _monai_resnet(monai_builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """A factory builder around one of MONAI's ``resnet18/50/101`` functions (their final layer is ``fc``)."""
+    Args:
+        monai_builder: MONAI's class or function (``DenseNet121``, ``resnet18``, ``SEResNet50``, ...).
+        in_arg: its name for the input channels (``in_channels`` or ``n_input_channels``).
+        out_arg: its name for the number of classes (``out_channels`` or ``num_classes``).
+        head_attribute: dotted name of its final ``nn.Linear``, which ``head="angular"`` replaces.
+    """
 
     def build(
         spatial_dims: int = 3,
@@ -55,34 +52,20 @@ def _monai_resnet(monai_builder: Callable[..., nn.Module]) -> Callable[..., nn.M
         margin: int = 4,
         **kwargs: Any,
     ) -> nn.Module:
-        network = monai_builder(
-            spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs
-        )
-        return _with_head(network, "fc", head, margin)
+        network = monai_builder(spatial_dims=spatial_dims, **{in_arg: in_channels, out_arg: num_classes}, **kwargs)
+        return _with_head(network, head_attribute, head, margin)
 
     return build
 
 
-def _seresnet50(
-    spatial_dims: int = 3,
-    in_channels: int = 1,
-    num_classes: int = 2,
-    head: str = "linear",
-    margin: int = 4,
-    **kwargs: Any,
-) -> nn.Module:
-    network = SEResNet50(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **kwargs)
-    return _with_head(network, "last_linear", head, margin)
-
-
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "cbam_resnet3d": _cbam_resnet3d,
-    "densenet121": _densenet121,
+    "densenet121": _monai_baseline(DenseNet121, "in_channels", "out_channels", "class_layers.out"),
     "mc3_18": mc3_18,
-    "resnet18": _monai_resnet(resnet18),
-    "resnet50": _monai_resnet(resnet50),
-    "resnet101": _monai_resnet(resnet101),
-    "seresnet50": _seresnet50,
+    "resnet18": _monai_baseline(resnet18, "n_input_channels", "num_classes", "fc"),
+    "resnet50": _monai_baseline(resnet50, "n_input_channels", "num_classes", "fc"),
+    "resnet101": _monai_baseline(resnet101, "n_input_channels", "num_classes", "fc"),
+    "seresnet50": _monai_baseline(SEResNet50, "in_channels", "num_classes", "last_linear"),
 }
 """Registered names. Every builder takes MONAI's ``spatial_dims, in_channels, num_classes`` (defaults 3, 1, 2), a
 ``head`` (``"linear"``, or ``"angular"`` for A-Softmax, :class:`AngularLinear`) with its ``margin``, and its own
