@@ -75,15 +75,18 @@ def spec_slug(spec: Any) -> str:
     Specs (an :class:`~naslung.networks.ArchSpec`, its text or nested lists) map to their channels, stage by
     stage (a block with another kernel than 3 as ``8k5``); factory names (``"densenet121"``) are kept as they are.
     """
-    from naslung.networks import ArchSpec
+    from naslung.networks import DEFAULT_KERNEL, ArchSpec
 
     if isinstance(spec, str) and not spec.strip().startswith("["):
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.strip()).strip("-") or "network"
     arch = ArchSpec.coerce(spec)
     stem = f"{arch.stage1}-{arch.stage2}"
+
+    def block(channels: int, kernel: int) -> str:
+        return f"{channels}" if kernel == DEFAULT_KERNEL else f"{channels}k{kernel}"
+
     stages = zip(arch.stages, arch.kernel_sizes, strict=True)
-    blocks = ["-".join(f"{c}" if k == 3 else f"{c}k{k}" for c, k in zip(*stage, strict=True)) for stage in stages]
-    return "_".join([stem, *blocks])
+    return "_".join([stem, *("-".join(map(block, widths, kernels)) for widths, kernels in stages)])
 
 
 def network_overrides(network: str = "cbam_resnet3d", arch: str | None = None) -> dict[str, Any]:
