@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "latency", "train_step", "search")
-HEADLINE = re.compile(r"goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
+BENCHMARKS = ("prepare", "latency", "train_step", "search", "anchors")
+HEADLINE = re.compile(r"anchor|goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
 
 
 def main() -> int:

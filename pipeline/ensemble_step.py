@@ -5,14 +5,23 @@ Reads ``RUN/train/<slug>/fold_<k>/test_predictions.csv`` (one file per network a
 
     RUN/ensemble/fold_<k>/predictions.csv   per nodule: each member's probability, votes, vote fraction, mean
                                             probability, prediction, correct, disagreement
-    RUN/ensemble/per_fold.csv               the ensemble's metrics on each held-out fold
-    RUN/ensemble/metrics.json               members, per-fold and mean ± std metrics, parameters, latency
+    RUN/ensemble/per_fold.csv               the ensemble's metrics on each held-out fold, beside the reference
+                                            models' accuracy/AUC and the ensemble's lead over the diameter rule
+    RUN/ensemble/metrics.json               members, per-fold and mean ± std metrics, parameters, latency, and
+                                            ``reference_models`` (see below)
+    RUN/ensemble/reference_per_fold.png     per-fold accuracy and AUC: ensemble, members, reference models
     RUN/ensemble/ensemble_size.csv/.png     metrics against the number of members (random draws)
     RUN/ensemble/results_table.md/.csv      ours (ensemble, single networks and the baselines of RUN/baselines,
                                             scored on the same test folds) beside the published Table 1 and 5
 
 Which networks form the ensemble is fixed before any test fold is looked at (``--members``, else the search's
 ``selected.json``, else every trained network); the held-out folds only score it.
+
+The reference models of :mod:`naslung.pipeline.reference_models` (the diameter rule and the readers' ratings
+ceiling, which read no image) are fitted on each held-out fold's training folds of ``RUN/data/manifest.csv`` and
+scored on exactly the ensemble's test nodules. ``metrics.json``'s ``reference_models`` holds each one's per-fold
+metrics and mean ± std (or ``omitted`` with the reason), and ``ensemble_minus_diameter_rule`` the per-fold
+difference of accuracy and AUC with its mean ± std and the number of folds where the ensemble is ahead.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,17 @@ from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.reference_models import (
+    DIAMETER_RULE,
+    RATINGS_CEILING,
+    REFERENCE_LABELS,
+    REFERENCE_METHODS,
+    REFERENCE_MODELS,
+    evaluate_reference_models,
+    fold_differences,
+    load_reference_data,
+    reference_input_files,
+)
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
@@ -41,12 +61,16 @@ __all__ = [
     "ENSEMBLE_OUTPUTS",
     "ENSEMBLE_SIZES",
     "PER_FOLD_FIELDS",
+    "REFERENCE_FIELDS",
+    "VERSUS_DIAMETER_RULE",
     "EnsembleMember",
     "find_members",
     "read_test_predictions",
     "fold_probabilities",
     "member_cost",
+    "reference_results",
     "run_ensemble_step",
+    "ensemble_headline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,9 +87,34 @@ ENSEMBLE_OUTPUTS: tuple[str, ...] = (
     "ensemble_size.png",
     "results_table.md",
     "results_table.csv",
+    "reference_per_fold.png",
+)
+#: Key of ``metrics.json``'s ``reference_models`` holding the ensemble's per-fold lead over the diameter rule.
+VERSUS_DIAMETER_RULE = "ensemble_minus_diameter_rule"
+#: Columns of ``per_fold.csv`` from the reference models (fractions; empty where a model was omitted).
+REFERENCE_FIELDS: tuple[str, ...] = (
+    "diameter_rule_threshold_mm",
+    "diameter_rule_accuracy",
+    "diameter_rule_auc",
+    "ratings_ceiling_accuracy",
+    "ratings_ceiling_auc",
+    "accuracy_minus_diameter_rule",
+    "auc_minus_diameter_rule",
 )
 #: Columns of ``per_fold.csv``.
-PER_FOLD_FIELDS: tuple[str, ...] = ("fold", *BINARY_METRICS, "tp", "fp", "tn", "fn", "n", "disagreements")
+PER_FOLD_FIELDS: tuple[str, ...] = (
+    "fold",
+    *BINARY_METRICS,
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "n",
+    "disagreements",
+    *REFERENCE_FIELDS,
+)
+#: Bump when the reference models change, so that finished ensemble steps run again.
+_REFERENCE_VERSION = 1
 
 _PREDICTION_COLUMNS = ("nodule_id", "label", "probability")
 
@@ -292,6 +341,66 @@ def _fold_row(fold: int, labels: np.ndarray, matrix: np.ndarray, threshold: floa
     return row
 
 
+def reference_results(
+    run_dir: str | os.PathLike,
+    per_fold: Sequence[dict[str, Any]],
+    fold_nodules: Mapping[int, Sequence[str]],
+    fold_labels: Mapping[int, Sequence[int]],
+) -> dict[str, Any]:
+    """The reference models on the ensemble's test nodules, and the ensemble's per-fold lead over the diameter rule.
+
+    Fills the :data:`REFERENCE_FIELDS` of each row of ``per_fold`` in place (None where a model is omitted).
+
+    Args:
+        run_dir: the run directory (reads ``RUN/data``: see
+            :func:`naslung.pipeline.reference_models.load_reference_data`).
+        per_fold: the ensemble's rows of ``per_fold.csv`` (``fold``, ``accuracy``, ``auc``...).
+        fold_nodules: ``{fold: nodule ids}`` the ensemble was tested on.
+        fold_labels: ``{fold: labels}`` in the same order.
+
+    Returns:
+        ``{"diameter_rule": record, "ratings_ceiling": record, "ensemble_minus_diameter_rule": {"per_fold",
+        "summary"}}`` (records of :func:`naslung.pipeline.reference_models.evaluate_reference_models`); a model
+        that cannot be scored (no manifest, another manifest than the networks', no ratings) has ``omitted`` with
+        the reason instead, which is logged.
+    """
+    try:
+        data = load_reference_data(Path(run_dir) / "data")
+        references: dict[str, Any] = evaluate_reference_models(data, fold_nodules, fold_labels)
+    except DataError as err:
+        references = {name: {"label": REFERENCE_LABELS[name], "omitted": str(err)} for name in REFERENCE_MODELS}
+    for name, record in references.items():
+        if "omitted" in record:
+            logger.warning("%s omitted: %s", name, record["omitted"])
+    by_fold = {name: {int(r["fold"]): r for r in references[name].get("per_fold", [])} for name in REFERENCE_MODELS}
+    for row in per_fold:
+        fold = int(row["fold"])
+        rule, ceiling = by_fold[DIAMETER_RULE].get(fold, {}), by_fold[RATINGS_CEILING].get(fold, {})
+        row["diameter_rule_threshold_mm"] = rule.get("threshold_mm")
+        for metric in ("accuracy", "auc"):
+            row[f"diameter_rule_{metric}"] = rule.get(metric)
+            row[f"ratings_ceiling_{metric}"] = ceiling.get(metric)
+            row[f"{metric}_minus_diameter_rule"] = None
+    if "per_fold" in references[DIAMETER_RULE]:
+        rows, summary = fold_differences(per_fold, references[DIAMETER_RULE]["per_fold"])
+        for row, difference in zip(per_fold, rows, strict=True):
+            row["accuracy_minus_diameter_rule"] = difference["accuracy"]
+            row["auc_minus_diameter_rule"] = difference["auc"]
+        references[VERSUS_DIAMETER_RULE] = {"per_fold": rows, "summary": summary}
+        logger.info(
+            "ensemble - diameter rule: accuracy %+.4f ± %.4f, AUC %+.4f ± %.4f (ahead on AUC in %d of %d folds)",
+            summary["accuracy_mean"],
+            summary["accuracy_std"],
+            summary["auc_mean"],
+            summary["auc_std"],
+            summary["auc_folds_ahead"],
+            len(rows),
+        )
+    else:
+        references[VERSUS_DIAMETER_RULE] = {"omitted": references[DIAMETER_RULE]["omitted"]}
+    return references
+
+
 def run_ensemble_step(
     run_dir: str | os.PathLike,
     members: Sequence[str] | None = None,
@@ -330,7 +439,7 @@ def run_ensemble_step(
         DataError: see :func:`find_members` and :func:`fold_probabilities`.
     """
     from naslung.pipeline.baselines import baseline_prediction_files, baseline_records
-    from naslung.pipeline.figures import plot_ensemble_size
+    from naslung.pipeline.figures import plot_ensemble_size, plot_per_fold_comparison
     from naslung.pipeline.published import write_results_table
 
     run = Path(run_dir)
@@ -339,7 +448,9 @@ def run_ensemble_step(
     folds = list(found[0].folds)
     stamps = [_stamp(m.predictions_path(f)) for m in found for f in folds]
     stamps += [_stamp(path) for path in baseline_prediction_files(run)]
+    stamps += [_stamp(path) for path in reference_input_files(run / "data")]
     settings = {"sizes": list(sizes), "draws": draws, "seed": seed, "threshold": threshold, "latency": latency}
+    settings["reference_version"] = _REFERENCE_VERSION
     digest = fingerprint(stamps, settings, [m.slug for m in found])
     if not force and is_done(out, digest):
         logger.info("%s is up to date; skipping", out)
@@ -349,6 +460,7 @@ def run_ensemble_step(
     per_fold, member_folds = [], {m.slug: [] for m in found}
     all_ids, all_labels, all_folds, all_probs = [], [], [], []
     fold_nodules: dict[int, list[str]] = {}
+    fold_labels: dict[int, list[int]] = {}
     for fold in progress(folds, total=len(folds), desc="ensemble folds"):
         ids, labels, matrix = fold_probabilities(found, fold)
         write_ensemble_table(out / f"fold_{fold}" / "predictions.csv", ids, labels, matrix, names, threshold)
@@ -357,11 +469,13 @@ def run_ensemble_step(
             member_folds[member.slug].append({"fold": fold, **binary_metrics(labels, probs, threshold)})
         all_ids += ids
         fold_nodules[fold] = ids
+        fold_labels[fold] = labels.tolist()
         all_labels.append(labels)
         all_folds.append(np.full(len(ids), fold))
         all_probs.append(matrix)
-    write_csv(out / "per_fold.csv", per_fold, PER_FOLD_FIELDS)
     summary = summarise_folds(per_fold, keys=BINARY_METRICS)
+    references = reference_results(run, per_fold, fold_nodules, fold_labels)
+    write_csv(out / "per_fold.csv", per_fold, PER_FOLD_FIELDS)
 
     labels_all, folds_all = np.concatenate(all_labels), np.concatenate(all_folds)
     probs_all = np.concatenate(all_probs, axis=1)
@@ -404,7 +518,25 @@ def run_ensemble_step(
         {"method": f"{r['slug']} baseline (ours)", **r["summary"], "params": r["params"], "latency_ms": r["latency_ms"]}
         for r in baselines
     ]
+    ours += [
+        {"method": REFERENCE_METHODS[name], **references[name]["summary"], "params": None, "latency_ms": None}
+        for name in REFERENCE_MODELS
+        if "summary" in references[name]
+    ]
     write_results_table(ours, out / "results_table.md", out / "results_table.csv", tables=("table1", "table5"))
+    ensemble_label = f"Ensemble of {len(found)}"
+    comparison: dict[str, list[dict[str, Any]]] = {ensemble_label: per_fold}
+    comparison.update({f"member {r['slug']}": r["per_fold"] for r in member_records})
+    short_names = {DIAMETER_RULE: "diameter rule", RATINGS_CEILING: "ratings ceiling (reader ratings, no image)"}
+    comparison.update(
+        {short_names[name]: references[name]["per_fold"] for name in REFERENCE_MODELS if "per_fold" in references[name]}
+    )
+    plot_per_fold_comparison(
+        comparison,
+        out / "reference_per_fold.png",
+        emphasis=[ensemble_label, *short_names.values()],
+        title="Held-out folds: ensemble and members against the reference models",
+    )
 
     pooled_vote = majority_vote(probs_all, threshold)
     result = {
@@ -420,6 +552,7 @@ def run_ensemble_step(
         "params": total_params,
         "latency_ms": total_latency,
         "baselines": baselines,
+        "reference_models": references,
         "ensemble_size": size_rows,
     }
     write_json(out / "metrics.json", result)
@@ -427,3 +560,27 @@ def run_ensemble_step(
     mark_done(out, digest, outputs, {k: summary.get(f"{k}_mean") for k in BINARY_METRICS})
     logger.info("ensemble of %d on folds %s: F1 %.4f ± %.4f", len(found), folds, summary["f1_mean"], summary["f1_std"])
     return {**result, "skipped": False}
+
+
+def ensemble_headline(result: Mapping[str, Any]) -> str:
+    """One line on :func:`run_ensemble_step`'s result: the ensemble's test F1, accuracy and AUC beside the diameter
+    rule's and the ratings ceiling's, and the folds where the ensemble is ahead of the diameter rule on AUC."""
+    summary = result.get("summary", {})
+    references = result.get("reference_models", {})
+
+    def mean(record: Mapping[str, Any], key: str) -> float:
+        return float(record.get("summary", {}).get(f"{key}_mean", float("nan")))
+
+    line = f"ensemble of {result.get('n_members', '?')}: test F1 {summary.get('f1_mean', float('nan')):.3f}"
+    line += f", accuracy {100 * float(summary.get('accuracy_mean', float('nan'))):.1f}%"
+    line += f", AUC {float(summary.get('auc_mean', float('nan'))):.3f}"
+    shown = [(name, references[name]) for name in REFERENCE_MODELS if "summary" in references.get(name, {})]
+    if shown:
+        names = {DIAMETER_RULE: "diameter rule", RATINGS_CEILING: "ratings ceiling"}
+        line += "; " + ", ".join(
+            f"{names[name]} {100 * mean(record, 'accuracy'):.1f}% / {mean(record, 'auc'):.3f}" for name, record in shown
+        )
+    versus = references.get(VERSUS_DIAMETER_RULE, {}).get("summary")
+    if versus:
+        line += f"; ahead of the diameter rule on AUC in {versus['auc_folds_ahead']} of {versus['n_folds']} folds"
+    return line

@@ -26,6 +26,7 @@ __all__ = [
     "plot_pareto",
     "plot_training_curves",
     "plot_architecture_probabilities",
+    "plot_per_fold_comparison",
 ]
 
 logger = logging.getLogger(__name__)
@@ -555,5 +556,59 @@ def plot_architecture_probabilities(
         axes.set_title(kind)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=5, loc="best")
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_per_fold_comparison(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    metrics: Sequence[str] = ("accuracy", "auc"),
+    emphasis: Sequence[str] = (),
+    title: str = "Held-out folds: networks against the reference models",
+) -> Path:
+    """One panel per metric: each model's value on each held-out fold (e.g. the ensemble against the diameter rule).
+
+    Args:
+        series: ``{label: per-fold rows}``, each row with ``fold`` and the metrics as fractions (shown in percent;
+            a missing or empty value leaves a gap).
+        path: PNG file to write.
+        metrics: metrics to draw, one panel each.
+        emphasis: labels drawn with thick lines and markers; the others thin (e.g. the individual members).
+        title: figure title.
+
+    Raises:
+        DataError: when ``series`` is empty.
+    """
+    if not series:
+        raise DataError("no per-fold results to plot; run the ensemble step first")
+    folds = sorted({int(row["fold"]) for rows in series.values() for row in rows})
+    figure = _new_figure(4.2 * len(metrics), 3.8)
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), index + 1)
+        for label, rows in series.items():
+            by_fold = {int(row["fold"]): row.get(metric) for row in rows}
+            values = []
+            for fold in folds:
+                try:
+                    values.append(100.0 * float(by_fold.get(fold)))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    values.append(np.nan)
+            strong = label in emphasis
+            axes.plot(
+                folds,
+                values,
+                marker="o" if strong else ".",
+                linestyle="-" if strong else "--",
+                linewidth=2.0 if strong else 0.8,
+                alpha=1.0 if strong else 0.6,
+                label=label,
+            )
+        axes.set_xticks(folds)
+        axes.set_xlabel("Held-out fold")
+        axes.set_ylabel(f"{_METRIC_LABELS.get(metric, metric)} (%)")
+        axes.grid(alpha=0.3)
+        if index == 0:
+            axes.legend(fontsize=6, loc="best")
     figure.suptitle(title)
     return _save(figure, path)

@@ -10,7 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from naslung.pipeline.atomic_io import atomic_open
+from naslung.pipeline.reference_models import REFERENCE_METHODS
 
 __all__ = ["build_report", "REPORT_SECTIONS"]
 
@@ -21,6 +24,7 @@ REPORT_SECTIONS: tuple[str, ...] = (
     "Cohort",
     "Architecture search",
     "Cross-validated results",
+    "Reference models",
     "Comparison with the paper",
     "Ensemble size",
     "Ablation",
@@ -152,6 +156,105 @@ def _cv(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fold_cell(value: Any, metric: str, signed: bool = False) -> str:
+    """Accuracy in percent, AUC as a fraction; differences signed (points of accuracy, AUC units)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if number != number:  # NaN
+        return "–"
+    sign = "+" if signed else ""
+    return f"{100 * number:{sign}.1f}" if metric == "accuracy" else f"{number:{sign}.3f}"
+
+
+def _fold_row(name: str, rows: Any, folds: list[int], metric: str, signed: bool = False) -> str:
+    """A table row: the value on each fold, then mean ± sample std over the folds that have one."""
+    by_fold = {int(r["fold"]): r.get(metric) for r in rows or []}
+    cells = [_fold_cell(by_fold.get(f), metric, signed) for f in folds]
+    values = []
+    for fold in folds:
+        try:
+            values.append(float(by_fold[fold]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    finite = [v for v in values if v == v]
+    if finite:
+        std = float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan")
+        mean_cell = f"{_fold_cell(float(np.mean(finite)), metric, signed)} ± {_fold_cell(std, metric)}"
+    else:
+        mean_cell = "–"
+    return f"| {name} | " + " | ".join(cells) + f" | {mean_cell} |"
+
+
+def _references(run: Path) -> str:
+    ensemble = _read_json(run / "ensemble" / "metrics.json")
+    if not ensemble:
+        return _not_run("ensemble", "naslung ensemble --run RUN")
+    references = ensemble.get("reference_models")
+    if not references:
+        return "*The ensemble step ran before the reference models existed: `naslung ensemble --run RUN --force`.*\n"
+    folds = [int(f) for f in ensemble.get("folds", [])]
+    rule, ceiling = references.get("diameter_rule", {}), references.get("ratings_ceiling", {})
+    versus = references.get("ensemble_minus_diameter_rule", {})
+    lines = [
+        "Two models that read no image, fitted on each held-out fold's training folds (never on the test fold) and "
+        "scored on exactly the ensemble's test nodules:",
+        "",
+        "- **diameter rule**: malignant if the annotated diameter > t mm, t maximising accuracy on the training "
+        "folds; its AUC ranks nodules by diameter. The networks must beat it.",
+        "- **ratings ceiling**: logistic regression on the readers' 8 ratings (subtlety … texture, mean over "
+        "readers) plus the diameter; **reader ratings, not an image model**. These are the cues the embedded "
+        "data's renderer draws, so it bounds what a network reading them from the cube could reach. The "
+        "malignancy rating, which defines the label, is not an input.",
+        "",
+    ]
+    members = ensemble.get("members", [])
+    for metric, title in (("accuracy", "Accuracy (%)"), ("auc", "ROC AUC")):
+        lines += [
+            f"{title} per held-out fold, mean ± std over folds:",
+            "",
+            "| model | " + " | ".join(f"fold {f}" for f in folds) + " | mean ± std |",
+            "|---|" + "---:|" * (len(folds) + 1),
+            _fold_row(
+                f"**ensemble of {ensemble.get('n_members', len(members))}**", ensemble.get("per_fold"), folds, metric
+            ),
+        ]
+        lines += [_fold_row(f"member `{m.get('slug')}`", m.get("per_fold"), folds, metric) for m in members]
+        for name, record in (
+            ("diameter rule", rule),
+            ("ratings ceiling (reader ratings, not an image model)", ceiling),
+        ):
+            if "per_fold" in record:
+                lines.append(_fold_row(name, record["per_fold"], folds, metric))
+        if "per_fold" in versus:
+            unit = "points" if metric == "accuracy" else "AUC"
+            lines.append(_fold_row(f"*ensemble − diameter rule* ({unit})", versus["per_fold"], folds, metric, True))
+        lines.append("")
+    summary = versus.get("summary")
+    if summary:
+        n = summary.get("n_folds", len(folds))
+        lines.append(
+            f"- the ensemble is ahead of the diameter rule on accuracy in **{summary.get('accuracy_folds_ahead')} of "
+            f"{n}** folds and on AUC in **{summary.get('auc_folds_ahead')} of {n}** folds"
+        )
+    if "per_fold" in rule:
+        lines.append(
+            "- diameter thresholds t per fold (mm): "
+            + ", ".join(f"{r['fold']}: {float(r['threshold_mm']):.2f}" for r in rule["per_fold"])
+        )
+    if "ratings_source" in ceiling:
+        lines.append(f"- ratings read from {ceiling['ratings_source']}")
+    for name, record in (("diameter rule", rule), ("ratings ceiling", ceiling)):
+        if "omitted" in record:
+            lines.append(f"- {name} omitted: {record['omitted']}")
+    lines += [
+        "",
+        _figure(run, "ensemble/reference_per_fold.png", "Per-fold accuracy and AUC against the reference models"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _include(run: Path, relative: str, command: str) -> str:
     path = run / relative
     return path.read_text(encoding="utf-8") + "\n" if path.is_file() else _not_run(relative, command)
@@ -159,7 +262,8 @@ def _include(run: Path, relative: str, command: str) -> str:
 
 def _latency(run: Path) -> str:
     rows = _read_csv(run / "ensemble" / "results_table.csv")
-    ours = [r for r in rows if r.get("source") == "ours"]
+    no_image = set(REFERENCE_METHODS.values())  # the reference models have no network to time
+    ours = [r for r in rows if r.get("source") == "ours" and r.get("method") not in no_image]
     if not ours:
         return _not_run("ensemble", "naslung ensemble --run RUN")
     lines = ["| network | parameters (M) | latency ms / nodule (CPU, batch 1) |", "|---|---:|---:|"]
@@ -203,6 +307,7 @@ def build_report(run_dir: str | os.PathLike, title: str = "naslung run report") 
         "Cohort": _cohort(run),
         "Architecture search": _search(run),
         "Cross-validated results": _cv(run),
+        "Reference models": _references(run),
         "Comparison with the paper": _include(run, "ensemble/results_table.md", "naslung ensemble --run RUN"),
         "Ensemble size": _figure(run, "ensemble/ensemble_size.png", "Metrics against ensemble size (Fig. 7)"),
         "Ablation": _include(run, "analysis/ablation.md", "naslung evaluate --run RUN"),

@@ -216,12 +216,11 @@ def _step_baselines(ctx: RunContext) -> str:
 
 
 def _step_ensemble(ctx: RunContext) -> str:
-    from naslung.pipeline.ensemble_step import run_ensemble_step
+    from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
 
     settings = ctx.settings["ensemble"]
     result = run_ensemble_step(ctx.run_dir, draws=int(settings.get("draws", 10)), progress=ctx.progress)
-    summary = result.get("summary", {})
-    return f"ensemble of {result.get('n_members', '?')}: test F1 {summary.get('f1_mean', float('nan')):.3f}"
+    return ensemble_headline(result)
 
 
 def _step_evaluate(ctx: RunContext) -> str:

@@ -158,3 +158,82 @@ def test_parameters_and_latency_from_the_checkpoint(tmp_path):
     assert member["params"] == count_parameters(network) == result["params"]
     assert member["spec"] == "[4,4,[4],[4],[4]]"
     assert member["latency_ms"] > 0 and result["latency_ms"] == pytest.approx(member["latency_ms"])
+
+
+def write_run_data(run, template, ratings=True):
+    """RUN/data/manifest.csv for the nodules of LABELS (folds 1-2) plus a training-only fold 0, and cohort.csv."""
+    from naslung.pipeline.cohort import write_cohort_csv
+    from naslung.pipeline.reference_models import CEILING_RATINGS
+
+    rng = np.random.default_rng(0)
+    nodules = [(f"f{f}n{i}", f, y) for f, labels in LABELS.items() for i, y in enumerate(labels)]
+    nodules += [(f"f0n{i}", 0, i % 2) for i in range(8)]
+    rows = []
+    for nodule_id, fold, label in nodules:
+        row = template(nodule_id=nodule_id, patient_id=nodule_id, fold=fold, label=label)
+        row["diameter_mm"] = round(float(rng.uniform(3, 12) + 4 * label), 2)
+        for name in CEILING_RATINGS:
+            row[name] = ";".join(str(v) for v in rng.integers(1, 5, 3) + label)
+        row["malignancy"] = "5;4;4" if label else "1;2;2"
+        rows.append(row)
+    manifest = [{**r, "image": f"cubes/{r['nodule_id']}.npy"} for r in rows]
+    write_csv(
+        run / "data" / "manifest.csv",
+        manifest,
+        ["nodule_id", "patient_id", "series_uid", "image", "label", "fold", "diameter_mm"],
+    )
+    if ratings:
+        write_cohort_csv(rows, run / "data" / "cohort.csv")
+    return rows
+
+
+def test_reference_models_beside_the_ensemble(tmp_path, synthetic_scan):
+    from naslung.pipeline.reference_models import evaluate_reference_models, load_reference_data
+
+    run = make_run(tmp_path)
+    write_run_data(run, synthetic_scan().cohort_row)
+    result = run_ensemble_step(run, latency=False)
+    per_fold = {int(r["fold"]): r for r in _read(run / "ensemble" / "per_fold.csv")}
+    fold_nodules = {f: [f"f{f}n{i}" for i in range(6)] for f in (1, 2)}
+    expected = evaluate_reference_models(load_reference_data(run / "data"), fold_nodules)
+    for name in ("diameter_rule", "ratings_ceiling"):
+        for fold_metrics in expected[name]["per_fold"]:
+            row = per_fold[fold_metrics["fold"]]
+            assert fold_metrics["n_train"] == 14  # the other test fold and fold 0, never its own
+            for metric in ("accuracy", "auc"):
+                assert float(row[f"{name}_{metric}"]) == pytest.approx(fold_metrics[metric])
+    for row in per_fold.values():
+        for metric in ("accuracy", "auc"):
+            difference = float(row[metric]) - float(row[f"diameter_rule_{metric}"])
+            assert float(row[f"{metric}_minus_diameter_rule"]) == pytest.approx(difference)
+    saved = json.loads((run / "ensemble" / "metrics.json").read_text(encoding="utf-8"))["reference_models"]
+    assert saved["diameter_rule"]["summary"] == pytest.approx(expected["diameter_rule"]["summary"])
+    versus = saved["ensemble_minus_diameter_rule"]["summary"]
+    differences = [float(per_fold[f]["auc_minus_diameter_rule"]) for f in (1, 2)]
+    assert versus["auc_mean"] == pytest.approx(np.mean(differences))
+    assert versus["auc_std"] == pytest.approx(np.std(differences, ddof=1))
+    assert versus["auc_folds_ahead"] == sum(d > 0 for d in differences)
+    assert result["reference_models"]["ratings_ceiling"]["ratings_source"].endswith("cohort.csv")
+    methods = [r["method"] for r in _read(run / "ensemble" / "results_table.csv") if r["source"] == "ours"]
+    assert methods[-2:] == [
+        "Diameter rule, no image (ours)",
+        "Ratings ceiling: reader ratings, not an image model (ours)",
+    ]
+    assert (run / "ensemble" / "reference_per_fold.png").stat().st_size > 1000
+
+
+def test_reference_models_omitted_with_a_reason(tmp_path, synthetic_scan):
+    run = make_run(tmp_path)
+    result = run_ensemble_step(run, latency=False)  # no RUN/data/manifest.csv at all
+    assert "manifest not found" in result["reference_models"]["diameter_rule"]["omitted"]
+    row = _read(run / "ensemble" / "per_fold.csv")[0]
+    assert {"fold", "accuracy", "auc", "diameter_rule_accuracy", "auc_minus_diameter_rule"} <= set(row)
+    assert row["diameter_rule_auc"] == "" and row["ratings_ceiling_auc"] == ""
+    write_run_data(run, synthetic_scan().cohort_row, ratings=False)  # ids not in the packaged cohort
+    result = run_ensemble_step(run, latency=False)
+    assert not result["skipped"]  # the manifest is an input of the step
+    references = result["reference_models"]
+    assert "packaged default cohort lacks" in references["ratings_ceiling"]["omitted"]
+    assert len(references["diameter_rule"]["per_fold"]) == 2
+    row = _read(run / "ensemble" / "per_fold.csv")[0]
+    assert row["diameter_rule_auc"] != "" and row["ratings_ceiling_auc"] == ""

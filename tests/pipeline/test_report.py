@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from naslung.pipeline.atomic_io import write_csv
+from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.report import REPORT_SECTIONS, build_report
 
 
@@ -40,3 +40,44 @@ def test_report_shows_cohort_and_cv_numbers(tmp_path):
     assert "synthetic" in text
     assert "81.23 ± 5.00" in text
     assert "<table>" in html.read_text(encoding="utf-8")
+
+
+def _fold(fold, accuracy, auc, **extra):
+    return {"fold": fold, "accuracy": accuracy, "auc": auc, **extra}
+
+
+def test_report_shows_reference_models_per_fold(tmp_path):
+    rule = [_fold(0, 0.80, 0.90, threshold_mm=10.5), _fold(1, 0.84, 0.88, threshold_mm=11.25)]
+    metrics = {
+        "n_members": 2,
+        "folds": [0, 1],
+        "summary": {"accuracy_mean": 0.85, "accuracy_std": 0.0707},
+        "per_fold": [_fold(0, 0.80, 0.93), _fold(1, 0.90, 0.86)],
+        "members": [{"slug": "net-a", "per_fold": [_fold(0, 0.75, 0.91), _fold(1, 0.70, 0.80)]}, {"slug": "net-b"}],
+        "reference_models": {
+            "diameter_rule": {"label": "diameter rule", "per_fold": rule},
+            "ratings_ceiling": {"label": "ratings", "omitted": "the packaged default cohort lacks 3 nodule(s)"},
+            "ensemble_minus_diameter_rule": {
+                "per_fold": [_fold(0, 0.0, 0.03), _fold(1, 0.06, -0.02)],
+                "summary": {"accuracy_folds_ahead": 1, "auc_folds_ahead": 1, "n_folds": 2},
+            },
+        },
+    }
+    write_json(tmp_path / "ensemble" / "metrics.json", metrics)
+    text = build_report(tmp_path)[0].read_text(encoding="utf-8")
+    section = text[text.index("## Reference models") : text.index("## Comparison with the paper")]
+    assert "| **ensemble of 2** | 80.0 | 90.0 | 85.0 ± 7.1 |" in section
+    assert "| **ensemble of 2** | 0.930 | 0.860 | 0.895 ± 0.049 |" in section
+    assert "| member `net-a` | 75.0 | 70.0 | 72.5 ± 3.5 |" in section
+    assert "| diameter rule | 0.900 | 0.880 | 0.890 ± 0.014 |" in section
+    assert "| *ensemble − diameter rule* (AUC) | +0.030 | -0.020 | +0.005 ± 0.035 |" in section
+    assert "on AUC in **1 of 2** folds" in section and "1: 11.25" in section
+    assert "reader ratings, not an image model" in section
+    assert "ratings ceiling omitted: the packaged default cohort lacks 3 nodule(s)" in section
+    assert "| ratings ceiling" not in section  # an omitted model has no row
+
+
+def test_report_reference_section_without_ensemble(tmp_path):
+    text = build_report(tmp_path)[0].read_text(encoding="utf-8")
+    section = text[text.index("## Reference models") : text.index("## Comparison with the paper")]
+    assert "naslung ensemble --run RUN" in section
