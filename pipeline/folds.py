@@ -37,6 +37,7 @@ def assign_folds(
     seed: int = 0,
     subsets: Mapping[str, int] | None = None,
     on_missing: str = "drop",
+    keep: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Copies of the cohort rows with a ``fold`` (0 .. n_folds-1): by patient and stratified by label.
 
@@ -44,6 +45,10 @@ def assign_folds(
     (ties in shuffled order), and each goes to the fold whose squared distance from the per-fold targets (a
     ``1/n_folds`` share of the malignant and of the benign nodules) grows least by taking it; ties go to the
     fold with fewer nodules, then the lower index. All nodules of a patient share a fold.
+
+    With ``keep`` (patient id -> fold, e.g. the folds of an earlier version of the cohort) the patients it names
+    keep their fold and count towards the per-fold totals first; only the other patients are placed greedily.
+    A rebuilt cohort thus moves no patient between folds (its folds may be a little less balanced).
 
     With ``subsets`` (series UID -> LUNA16 subset, from :func:`read_luna16_subsets`) the fold of a nodule is the
     subset of its series instead, and ``n_folds``/``seed`` are ignored.
@@ -55,12 +60,14 @@ def assign_folds(
         subsets: series UID -> subset (0..9); None for the stratified split.
         on_missing: with ``subsets``, what to do with rows whose series is not listed: ``"drop"`` them (LUNA16
             excluded that scan; logged) or ``"error"``.
+        keep: patient id -> fold (0 .. n_folds-1) for patients whose fold must not change; patients it names
+            that have no row are ignored. Not used with ``subsets``.
 
     Returns:
         new dict rows, in the input order (minus dropped rows), each with ``fold`` set.
 
     Raises:
-        ConfigError: ``n_folds`` < 2 or an unknown ``on_missing``.
+        ConfigError: ``n_folds`` < 2, an unknown ``on_missing``, or a ``keep`` fold outside 0 .. n_folds-1.
         DataError: a row lacks ``patient_id``/``series_uid``/``label``, or (``on_missing="error"``) a series is
             not in ``subsets``.
     """
@@ -90,7 +97,16 @@ def assign_folds(
     target = total / n_folds
     per_fold = np.zeros((n_folds, 2), dtype=np.float64)
     fold_of: dict[str, int] = {}
+    for patient, fold in sorted((keep or {}).items()):
+        if str(patient) not in counts:
+            continue
+        if int(fold) != fold or not 0 <= fold < n_folds:
+            raise ConfigError(f"patient {patient} is to keep fold {fold!r}, outside 0..{n_folds - 1}")
+        fold_of[str(patient)] = int(fold)
+        per_fold[int(fold)] += counts[str(patient)]
     for patient in shuffled:
+        if patient in fold_of:
+            continue
         after = per_fold + counts[patient]
         # growth of the squared distance from the targets if the patient joins each fold
         cost = ((after - target) ** 2).sum(axis=1) - ((per_fold - target) ** 2).sum(axis=1)

@@ -96,6 +96,27 @@ def test_subsets_set_the_fold_and_drop_unlisted_series():
         assign_folds(rows, subsets=subsets, on_missing="ignore")
 
 
+def test_kept_folds_do_not_move_and_new_patients_fill_in():
+    rows = _rows()
+    before = {r["patient_id"]: r["fold"] for r in assign_folds(rows, seed=0)}
+    # a rebuilt cohort: one patient gone, one patient's nodules relabelled, two new patients
+    changed = [
+        dict(r, label=1 - r["label"]) if r["patient_id"] == "P0003" else r for r in rows if r["patient_id"] != "P0001"
+    ]
+    changed += [
+        {"patient_id": f"NEW{n}", "series_uid": f"9.{n}", "nodule_id": f"NEW{n}_n1", "label": n % 2} for n in range(2)
+    ]
+    fresh = assign_folds(changed, seed=0)
+    assert sum(before[r["patient_id"]] != r["fold"] for r in fresh if r["patient_id"] in before) > 0  # reshuffled
+    kept = assign_folds(changed, seed=0, keep=before)
+    assert all(r["fold"] == before[r["patient_id"]] for r in kept if r["patient_id"] in before)
+    assert _patients_in_one_fold(kept) and {r["fold"] for r in kept if r["patient_id"].startswith("NEW")} <= set(
+        range(10)
+    )
+    with pytest.raises(ConfigError, match="P0002"):
+        assign_folds(changed, n_folds=5, keep={"P0002": 7})
+
+
 def test_bad_arguments():
     with pytest.raises(ConfigError):
         assign_folds(_rows(5), n_folds=1)
