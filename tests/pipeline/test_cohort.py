@@ -397,10 +397,11 @@ def test_write_default_or_derived(tmp_path, monkeypatch):
     rows, path, derived = write_default_or_derived_cohort(tmp_path / "cohort.csv")
     assert not derived and read_cohort_csv(path) == rows == load_default_cohort()
 
-    calls = []
+    calls, kept = [], []
 
-    def fake_derive(rules, workers, progress):
+    def fake_derive(rules, workers, progress, keep_folds):
         calls.append((rules, workers))
+        kept.append(keep_folds)
         return load_default_cohort()[:5]
 
     monkeypatch.setattr(cohort, "derive_cohort", fake_derive)
@@ -409,10 +410,12 @@ def test_write_default_or_derived(tmp_path, monkeypatch):
     rows, path, derived = write_default_or_derived_cohort(
         tmp_path / "other.csv", {"min_readers": 4}, workers=3, subsets_csv=subsets
     )
-    assert derived and calls == [(CohortRules(min_readers=4), 3)]
+    assert derived and calls == [(CohortRules(min_readers=4), 3)] and kept == [None]
     assert {r["fold"] for r in rows} == {7} and read_cohort_csv(path) == rows
     with pytest.raises(ConfigError):
         write_default_or_derived_cohort(tmp_path / "x.csv", {"readers": 4})
+    _, _, derived = write_default_or_derived_cohort(tmp_path / "again.csv", regenerate=True)
+    assert derived and kept[-1] == {r["patient_id"]: r["fold"] for r in load_default_cohort()}
 
 
 def test_regenerating_keeps_the_folds_of_the_previous_file(tmp_path, monkeypatch):
