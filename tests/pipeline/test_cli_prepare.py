@@ -99,7 +99,7 @@ def test_prepare_cohort_default_fast_path(tmp_path, capsys):
 def test_prepare_cohort_with_other_rules_derives(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def tiny_derivation(rules, workers=2, scan_ids=None, progress=None, use_cache=True):
+    def tiny_derivation(rules, workers=2, scan_ids=None, progress=None, use_cache=True, keep_folds=None):
         calls.append((rules, workers))
         return [
             {"patient_id": "LIDC-IDRI-9", "series_uid": "1.2", "nodule_id": "n1", "label": 1, "fold": 0},
