@@ -122,6 +122,7 @@ def main() -> None:
             "patience": None,
             "latency_warmup": 2,
             "latency_repeats": 5,
+            "latency_table": False,  # every run times its own candidates, as a first search on a machine does
             "select_top_n": 2,
             "train": {"val_fraction": 0.2, "batch_size": 8},
         }

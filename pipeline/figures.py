@@ -341,17 +341,20 @@ def plot_pareto(
     pruned_count: int | None = None,
     title: str = "Architecture search: accuracy against latency",
     annotate: bool = True,
+    score_key: str = "f1",
 ) -> Path:
-    """Fig. 4-style scatter of every trained architecture's latency against F1 and accuracy, front highlighted.
+    """Fig. 4-style scatter of every trained architecture's latency against its search score and accuracy.
 
     Args:
-        records: one dict per trained architecture with ``latency_ms`` (per nodule), ``f1``, ``accuracy``
+        records: one dict per trained architecture with ``latency_ms`` (per nodule), ``score_key``, ``accuracy``
             (fractions are shown in percent) and ``spec`` (architecture string).
         front: the Pareto-optimal architectures, as records or as their ``spec`` strings.
         path: PNG file to write.
         pruned_count: architectures pruned without training (shown in the title).
         title: figure title.
         annotate: write the spec strings beside the front's points (skipped beyond 12 points).
+        score_key: the validation metric the search ranked by (left panel, where the front is a front): ``"f1"``,
+            ``"auc"``, ...; the right panel shows accuracy (F1 when the score is accuracy).
 
     Raises:
         DataError: when ``records`` is empty or a record lacks a field.
@@ -361,16 +364,19 @@ def plot_pareto(
     try:
         latency = np.array([float(r["latency_ms"]) for r in records])
         specs = [str(r.get("spec", "")) for r in records]
-        values = {key: np.array([float(r[key]) for r in records]) for key in ("f1", "accuracy")}
+        panels = (score_key, "f1" if score_key == "accuracy" else "accuracy")
+        values = {key: np.array([float(r[key]) for r in records]) for key in panels}
     except KeyError as err:
-        raise DataError(f"a search record lacks {err.args[0]!r}; records need latency_ms, f1 and accuracy") from err
+        raise DataError(
+            f"a search record lacks {err.args[0]!r}; records need latency_ms, {panels[0]} and {panels[1]}"
+        ) from err
     front_specs = {str(item["spec"]) if isinstance(item, Mapping) else str(item) for item in front}
     on_front = np.array([spec in front_specs for spec in specs])
     positive = latency[latency > 0]
     log_x = positive.size > 0 and positive.max() / positive.min() > 20
     middle = np.sqrt(positive.min() * positive.max()) if log_x else (latency.min() + latency.max()) / 2
     figure = _new_figure(11.0, 4.6)
-    for index, key in enumerate(("f1", "accuracy")):
+    for index, key in enumerate(panels):
         shown, unit = _percent(values[key])
         axes = figure.add_subplot(1, 2, index + 1)
         axes.scatter(
@@ -409,7 +415,7 @@ def plot_pareto(
             axes.set_xscale("log")
             axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axes.set_xlabel("Latency (ms per nodule)")
-        axes.set_ylabel(_METRIC_LABELS[key] + unit)
+        axes.set_ylabel(f"Validation {_METRIC_LABELS[key]}{unit}")
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right", fontsize=8)
     counts = f"{len(records)} trained" + ("" if pruned_count is None else f", {pruned_count} pruned without training")

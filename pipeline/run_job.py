@@ -153,9 +153,14 @@ def _step_search(ctx: RunContext) -> str:
     space = result.get("space", {}).get("size", "?")
     strategy = result.get("strategy", "pop")
     pruned = "" if result.get("pruned") is None else f"{result['pruned']} pruned, "  # DNAS prunes nothing
+    metric = str(result.get("score_metric", "f1"))
+    rule = "from the latency/score Pareto fronts" if result.get("select") == "pareto" else "with the best scores"
+    front_scores = [float(r[metric]) for r in result.get("front", []) if r.get(metric) is not None]
+    best = max(front_scores, default=float("nan"))  # the front holds the best score
     return (
         f"{strategy.upper()} over a space of {space} candidates: {result.get('trained', '?')} trained, {pruned}"
-        f"{len(selected)} selected ({result.get('stop_reason', '')})"
+        f"{len(selected)} selected {rule} (best validation {metric.upper()} {best:.3f}; "
+        f"{result.get('stop_reason', '')})"
     )
 
 
@@ -188,7 +193,19 @@ def _step_train(ctx: RunContext) -> str:
             show_progress=ctx.show_progress,
         )
         f1.append(result["summary"].get("f1_mean", float("nan")))
-    return f"{len(f1)} networks on folds {folds}; test F1 per network: " + ", ".join(f"{v:.3f}" for v in f1)
+    from naslung.pipeline.search.rank_correlation import write_rank_correlation
+
+    ranks = write_rank_correlation(ctx.run_dir)  # search/rank_correlation.json
+    agreement = (
+        f"Spearman {ranks['rho']:+.2f} over {ranks['n']} networks"
+        if ranks["rho"] is not None
+        else f"undefined ({ranks['reason']})"
+    )
+    return (
+        f"{len(f1)} networks on folds {folds}; test F1 per network: "
+        + ", ".join(f"{v:.3f}" for v in f1)
+        + f"; search vs retrained validation {ranks['metric'].upper()} rank correlation: {agreement}"
+    )
 
 
 def _step_baselines(ctx: RunContext) -> str:

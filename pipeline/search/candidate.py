@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,11 +14,13 @@ from typing import Any
 import torch
 
 from naslung.pipeline.errors import ConfigError, DataError, SearchError
+from naslung.pipeline.search.latency_table import LatencyTable
 from naslung.pipeline.search.space import arch_to_text
 from naslung.pipeline.training import load_train_config, spec_slug, train_fold
 
 __all__ = [
     "METRIC_KEYS",
+    "best_validation_epoch",
     "search_datalist",
     "candidate_overrides",
     "build_candidate_network",
@@ -33,6 +36,35 @@ METRIC_KEYS = ("f1", "accuracy", "sensitivity", "specificity", "auc")
 
 #: Shape of one nodule without the batch axis, (C, D, H, W).
 NODULE_SHAPE = (1, 32, 32, 32)
+
+
+def best_validation_epoch(history: Sequence[Mapping[str, Any]], metric: str) -> tuple[int, dict[str, float]] | None:
+    """The validation of a training run with the best ``metric``, and all its validation metrics.
+
+    A training run validates after each epoch (``history.jsonl``: ``{"epoch", "val_f1", "val_auc", ...}``); its
+    score for ``metric`` is the best of these (ties: the earlier epoch; non-finite values are skipped), and the
+    other metrics are those of that same validation. This is how both a search candidate and a retrained network
+    are scored, whatever metric picks the training's saved checkpoint.
+
+    Args:
+        history: the per-validation records of :func:`naslung.pipeline.training.train_fold` (``result["history"]``).
+        metric: ``"auc"``, ``"f1"``, ``"accuracy"``, ``"sensitivity"`` or ``"specificity"``.
+
+    Returns:
+        ``(epoch, {metric name: value})`` without the ``val_`` prefix, or ``None`` when no validation has a finite
+        ``metric``.
+    """
+    best: tuple[int, dict[str, float]] | None = None
+    best_value = -math.inf
+    for row in history:
+        try:
+            value = float(row.get(f"val_{metric}", math.nan))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value > best_value:
+            metrics = {k[len("val_") :]: float(v) for k, v in row.items() if k.startswith("val_")}
+            best, best_value = (int(row.get("epoch", 0)), metrics), value
+    return best
 
 
 def search_datalist(datalist: Sequence[Mapping[str, Any]], test_folds: Iterable[int]) -> list[dict[str, Any]]:
@@ -121,6 +153,9 @@ class CandidateEvaluator:
 
     Re-implements the performance estimation of NAS-Lung's search (sec. 3.4 and 4.1: each candidate trained for 10
     epochs, scored by F1), with CBAM and A-Softmax by default or, as the paper's alternative, softmax without CBAM.
+    The score is ``score_metric`` (default validation ROC AUC, which still ranks a briefly trained network that
+    predicts one class at the 0.5 threshold, where F1 is 0) at the candidate's best validation epoch
+    (:func:`best_validation_epoch`); the record's other metrics are those of the same epoch.
     Training is :func:`naslung.pipeline.training.train_fold` with ``test_fold=None``: the validation split is
     carved (by patient) from the search data itself, which must hold no test-fold nodule
     (:func:`search_datalist`). Each candidate trains in ``out_dir/<spec slug>/all/``, so a candidate killed in the
@@ -138,9 +173,11 @@ class CandidateEvaluator:
         train_config: user training config (file path or dict) on top of the packaged one.
         train_overrides: extra training overrides (``batch_size``, ``val_fraction``, ``lr``, ...).
         input_shape: one nodule's shape (C, D, H, W), for the MAC count.
+        score_metric: the validation metric that scores a candidate: ``"auc"`` (default), ``"f1"`` (the paper),
+            ``"accuracy"``, ``"sensitivity"`` or ``"specificity"``.
 
     Raises:
-        ConfigError: for an unknown attention or loss, fewer than one epoch, or a bad training config.
+        ConfigError: for an unknown attention, loss or score metric, fewer than one epoch, or a bad training config.
     """
 
     def __init__(
@@ -155,6 +192,7 @@ class CandidateEvaluator:
         train_config: str | os.PathLike | Mapping[str, Any] | None = None,
         train_overrides: Mapping[str, Any] | None = None,
         input_shape: Sequence[int] = NODULE_SHAPE,
+        score_metric: str = "auc",
     ) -> None:
         from naslung.networks import ATTENTION_OPTIONS, LOSSES
 
@@ -164,6 +202,9 @@ class CandidateEvaluator:
             raise ConfigError(f"attention {attention!r} is not one of {ATTENTION_OPTIONS} (the paper: channel_first)")
         if loss_name not in LOSSES:
             raise ConfigError(f"loss_name {loss_name!r} is not one of {sorted(LOSSES)} (the paper: asoftmax)")
+        if score_metric not in METRIC_KEYS:
+            raise ConfigError(f"score_metric {score_metric!r} is not one of {METRIC_KEYS} (default: auc)")
+        self.score_metric = score_metric
         self.datalist = [dict(item) for item in datalist]
         self.out_dir = str(out_dir)
         self.epochs = int(epochs)
@@ -208,10 +249,21 @@ class CandidateEvaluator:
         from naslung.networks import count_macs, count_parameters
 
         network = build_candidate_network(text, self.merged_config(text))
-        val = result.get("val", {})
+        best = best_validation_epoch(result.get("history") or [], self.score_metric)
+        if best is None:  # no per-epoch history: the metrics of the saved checkpoint
+            epoch, val = result.get("best_epoch"), dict(result.get("val", {}))
+        else:
+            epoch, val = best
         missing = [key for key in METRIC_KEYS if key not in val]
         if missing:
             raise SearchError(f"training {text} returned no validation {missing}; see {self.candidate_dir(text)}")
+        score = float(val[self.score_metric])
+        if not math.isfinite(score):
+            raise SearchError(
+                f"candidate {text}: validation {self.score_metric} is undefined ({score}) at every epoch (a validation "
+                f"split with one class?); raise train#val_fraction or pick another score_metric. See "
+                f"{self.candidate_dir(text)}"
+            )
         record: dict[str, Any] = {
             "spec": text,
             "params": count_parameters(network),
@@ -221,14 +273,24 @@ class CandidateEvaluator:
             "seed": self.seed,
             "epochs": self.epochs,
             "epochs_run": result.get("epochs_run"),
-            "best_epoch": result.get("best_epoch"),
+            "score_metric": self.score_metric,
+            "best_epoch": epoch,
+            "checkpoint_epoch": result.get("best_epoch"),
+            "train_threads": torch.get_num_threads(),
             "n_train": result.get("n_train"),
             "n_val": result.get("n_val"),
             "attention": self.attention,
             "loss_name": self.loss_name,
         }
         logger.info(
-            "candidate %s: val F1 %.4f, accuracy %.4f (%.1f s)", text, record["f1"], record["accuracy"], seconds
+            "candidate %s: val %s %.4f at epoch %s, F1 %.4f, accuracy %.4f (%.1f s)",
+            text,
+            self.score_metric,
+            score,
+            epoch,
+            record["f1"],
+            record["accuracy"],
+            seconds,
         )
         return record
 
@@ -251,6 +313,12 @@ class CandidateProfiler:
         repeats: timed runs (the median is kept).
         input_shape: one nodule's shape (C, D, H, W).
         known: latencies measured before (``{spec: ms}``, e.g. the journal's sidecar), reused as they are.
+        table: the machine's :class:`~naslung.pipeline.search.latency_table.LatencyTable`: a candidate found there
+            (same machine, settings, torch and network code) is not timed again, and each new measurement is
+            added to it (``None``: no table, every search times its candidates).
+
+    Where a latency comes from, first match wins: ``known`` (the search's own journal, so a resumed search
+    replays its numbers), then ``table``, then a measurement.
     """
 
     def __init__(
@@ -264,6 +332,7 @@ class CandidateProfiler:
         repeats: int = 20,
         input_shape: Sequence[int] = NODULE_SHAPE,
         known: Mapping[str, float] | None = None,
+        table: LatencyTable | None = None,
     ) -> None:
         if latency_batch < 1 or repeats < 1 or warmup < 0:
             raise SearchError(
@@ -279,6 +348,22 @@ class CandidateProfiler:
         self.input_shape = tuple(int(s) for s in input_shape)
         self._ms: dict[str, float] = {arch_to_text(k): float(v) for k, v in (known or {}).items()}
         self.profiles: dict[str, Any] = {}
+        self.table = table
+        self._table_entries: dict[str, float] = table.entries() if table is not None else {}
+        self.measured = 0
+        self.from_table = 0
+
+    def table_key(self, spec: Any) -> str:
+        """The latency-table key of a candidate under this profiler's settings."""
+        return LatencyTable.key(
+            spec_slug(arch_to_text(spec)),
+            input_shape=self.input_shape,
+            batch=self.latency_batch,
+            threads=self.num_threads or torch.get_num_threads(),
+            device=self.device,
+            attention=str(self.train_config.get("attention")),
+            loss_name=str(self.train_config.get("loss_name")),
+        )
 
     def profile(self, spec: Any) -> Any:
         """The :class:`naslung.networks.CostProfile` of a candidate (measured once)."""
@@ -302,11 +387,21 @@ class CandidateProfiler:
     def __call__(self, spec: Any) -> float:
         """Latency objective of a candidate in ms per nodule."""
         text = arch_to_text(spec)
-        if text not in self._ms:
-            cost = self.profile(text)
-            self._ms[text] = float(
-                cost.latency_ms_per_nodule if self.latency_batch == 1 else cost.large_batch_latency_ms_per_nodule
-            )
+        if text in self._ms:
+            return self._ms[text]
+        key = self.table_key(text) if self.table is not None else None
+        if key is not None and key in self._table_entries:
+            self._ms[text] = self._table_entries[key]
+            self.from_table += 1
+            return self._ms[text]
+        cost = self.profile(text)
+        self._ms[text] = float(
+            cost.latency_ms_per_nodule if self.latency_batch == 1 else cost.large_batch_latency_ms_per_nodule
+        )
+        self.measured += 1
+        if key is not None and self.table is not None:
+            self._table_entries[key] = self._ms[text]
+            self.table.put({key: self._ms[text]})
         return self._ms[text]
 
     def prefetch(self, specs: Iterable[Any]) -> list[Any]:
@@ -325,4 +420,7 @@ class CandidateProfiler:
             "warmup": self.warmup,
             "repeats": self.repeats,
             "input_shape": list(self.input_shape),
+            "table": str(self.table.path) if self.table is not None else None,
+            "from_table": self.from_table,
+            "measured": self.measured,
         }

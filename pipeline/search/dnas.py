@@ -237,10 +237,10 @@ def run_dnas_search(
     from naslung.pipeline.datalists import split_for_fold
     from naslung.pipeline.figures import plot_architecture_probabilities
     from naslung.pipeline.metrics import binary_metrics
-    from naslung.pipeline.search.candidate import CandidateEvaluator, CandidateProfiler, resolve_device
+    from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device
     from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
     from naslung.pipeline.search.pareto import pareto_front
-    from naslung.pipeline.search.runner import select_candidates, selected_payload, table_row
+    from naslung.pipeline.search.runner import candidate_profiler, select_candidates, selected_payload, table_row
     from naslung.pipeline.training import predict
 
     dcfg = dict(cfg["dnas"])
@@ -261,7 +261,16 @@ def run_dnas_search(
         "data": fingerprint(data_key),
     }
     settings = json.loads(json.dumps(settings, default=str))
-    candidate_keys = ("epochs_per_candidate", "attention", "loss_name", "train", "select_top_n", "latency_budget_ms")
+    candidate_keys = (
+        "epochs_per_candidate",
+        "attention",
+        "loss_name",
+        "train",
+        "select_top_n",
+        "latency_budget_ms",
+        "score_metric",
+        "select",
+    )
     digest = fingerprint(
         settings, epochs, {k: cfg.get(k) for k in candidate_keys}, fingerprint(train_config) if train_config else None
     )
@@ -379,14 +388,12 @@ def run_dnas_search(
     evaluator = CandidateEvaluator(
         datalist, out / "candidates", epochs=int(cfg["epochs_per_candidate"]), attention=cfg["attention"],
         loss_name=cfg["loss_name"], seed=seed, train_config=train_config, train_overrides=cfg.get("train") or {},
+        score_metric=cfg["score_metric"],
     )  # fmt: skip
     journal = SearchJournal(out / "candidates.jsonl")
-    profiler = CandidateProfiler(
-        evaluator.merged_config("[4,4,[4],[4],[4]]"), device=cfg.get("latency_device"),
-        latency_batch=int(cfg["latency_batch"]), num_threads=cfg.get("latency_threads"),
-        warmup=int(cfg["latency_warmup"]), repeats=int(cfg["latency_repeats"]),
-        known={r["spec"]: r["latency_ms"] for r in journal.records()},
-    )  # fmt: skip
+    profiler = candidate_profiler(
+        cfg, evaluator.merged_config("[4,4,[4],[4],[4]]"), {r["spec"]: r["latency_ms"] for r in journal.records()}
+    )
     done = journal.done_specs()
     candidate_start = time.perf_counter()
     trained_now = 0
@@ -399,11 +406,14 @@ def run_dnas_search(
 
     wanted = {str(s) for s in specs}
     candidates = [r for r in journal.records() if r["spec"] in wanted]
-    front = pareto_front(candidates)
-    write_pareto_csv(candidates, out / "pareto.csv")
+    score_key = str(cfg["score_metric"])
+    front = pareto_front(candidates, score_key=score_key)
+    write_pareto_csv(candidates, out / "pareto.csv", score_key=score_key)
     options = {d.name: d.options for d in supernet.decisions}
     plot_architecture_probabilities(records, out / "alphas.png", options=options)
-    selected = select_candidates(candidates, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"))
+    selected = select_candidates(
+        candidates, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"), score_key=score_key, rule=cfg["select"]
+    )
     write_json(out / "selected.json", {**selected_payload(cfg, selected, settings["test_folds"]), "strategy": "dnas"})
     final = records[-1] if records else {}
     summary = {
@@ -429,6 +439,8 @@ def run_dnas_search(
         "test_folds": settings["test_folds"],
         "device": str(device),
         "latency": profiler.describe(),
+        "score_metric": score_key,
+        "select": cfg["select"],
         "front": [table_row(r) for r in front],
         "selected": [r["spec"] for r in selected],
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 from naslung.pipeline.errors import SearchError
 
-__all__ = ["objectives", "dominates", "is_dominated", "pareto_front"]
+__all__ = ["objectives", "dominates", "is_dominated", "pareto_front", "non_dominated_fronts"]
 
 
 def objectives(
@@ -80,3 +80,30 @@ def pareto_front(
         elif point == best_point:
             front.append(record)
     return front
+
+
+def non_dominated_fronts(
+    records: Iterable[Mapping[str, Any]], latency_key: str = "latency_ms", score_key: str = "f1"
+) -> list[list[Mapping[str, Any]]]:
+    """Non-dominated sorting (Deb et al., NSGA-II): the Pareto front, then the front of what is left, and so on.
+
+    Front 1 is :func:`pareto_front` of all records; front ``k + 1`` is the front of the records in no earlier
+    front. Every record lies in exactly one front; each front is sorted by latency (then input order). Runs in
+    ``O(k n log n)`` for ``k`` fronts.
+
+    Args:
+        records: mappings with ``latency_key`` (lower is better) and ``score_key`` (higher is better).
+        latency_key: key of the latency.
+        score_key: key of the score.
+
+    Raises:
+        SearchError: when a record lacks a finite latency or score.
+    """
+    left = list(records)
+    fronts: list[list[Mapping[str, Any]]] = []
+    while left:
+        front = pareto_front(left, latency_key, score_key)
+        taken = {id(r) for r in front}
+        fronts.append(front)
+        left = [r for r in left if id(r) not in taken]
+    return fronts

@@ -4,14 +4,26 @@
 merged with a user file and overrides), trains candidates on the search folds (every fold not in ``test_folds``:
 the evaluation folds are never seen by the search), and writes into ``out_dir``::
 
-    journal.jsonl            one record per trained candidate (spec, params, macs, latency_ms, f1, accuracy, ...)
+    journal.jsonl            one record per trained candidate (spec, params, macs, latency_ms, auc, f1, ...)
     journal.latency.jsonl    latencies measured to prune untrained candidates (replayed on resume)
     settings.json            what the journal depends on; a resume with other settings is refused
     candidates/<slug>/all/   each candidate's training folder (checkpoints, history, metrics)
-    pareto.csv               the Pareto front (lower latency, higher validation F1), sorted by latency
-    pareto.png               Fig. 4-style scatter of latency against F1 and accuracy, front highlighted
-    selected.json            {"specs": [...]}: the top-n candidates by F1 within the latency budget, for retraining
+    pareto.csv               the Pareto front (lower latency, higher validation score), sorted by latency
+    pareto.png               Fig. 4-style scatter of latency against the score and accuracy, front highlighted
+    selected.json            {"specs": [...]}: the candidates chosen for retraining (see below)
     summary.json, done.json  counts and timings; the marker that makes an identical re-run a no-op
+
+A candidate's score is ``score_metric`` (default validation ROC AUC; ``"f1"`` as the paper) at its best
+validation epoch (:func:`~naslung.pipeline.search.candidate.best_validation_epoch`). ``select`` decides what is
+retrained: ``"pareto"`` (default) takes the latency/score Pareto front first, then the following non-dominated
+fronts, ``select_top_n`` networks in all; ``"top_n"`` the ``select_top_n`` best scores
+(:func:`~naslung.pipeline.search.selection.select_candidates`).
+
+Same seed, same machine, same selection: candidate training is seeded (``seed``) and POP prunes with latencies
+read from the machine's latency table (:mod:`naslung.pipeline.search.latency_table`), measured once. What can still
+change a search: ``max_seconds`` (a wall-time budget stops at a load-dependent point) and ``threads_per_trial``
+(torch's float sums depend on the thread count, so trials with other thread counts train slightly different
+weights; the sequential and the Ray executor give the same records at the same ``threads_per_trial``).
 
 A killed search resumes from the journal when the same command runs again: finished candidates are not trained
 again, an interrupted one resumes from its last checkpoint.
@@ -25,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,11 +48,13 @@ from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.config_files import read_config_file
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.search.candidate import CandidateEvaluator, CandidateProfiler, search_datalist
+from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, CandidateProfiler, search_datalist
 from naslung.pipeline.search.executors import make_executor
 from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
+from naslung.pipeline.search.latency_table import LatencyTable, resolve_latency_table_path
 from naslung.pipeline.search.pareto import pareto_front
 from naslung.pipeline.search.pop import run_search
+from naslung.pipeline.search.selection import SELECTION_RULES, select_candidates
 from naslung.pipeline.search.space import SearchSpace
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
@@ -51,6 +64,7 @@ __all__ = [
     "load_search_config",
     "search_space_from_config",
     "select_candidates",
+    "candidate_profiler",
     "selected_payload",
     "table_row",
     "run_search_step",
@@ -79,6 +93,7 @@ _REPLAY_KEYS = (
     "seed",
     "batch_size",
     "latency_batch",
+    "score_metric",
     "train",
 )
 _SPACE_KEYS = ("channels", "min_blocks", "max_blocks", "stem", "depth_rule", "min_stage_blocks", "monotone")
@@ -130,6 +145,10 @@ def load_search_config(
     unknown = sorted(set(merged["space"]) - set(_SPACE_KEYS))
     if unknown:
         raise ConfigError(f"unknown search space option(s) {unknown}; known: {list(_SPACE_KEYS)}")
+    if merged.get("score_metric") not in METRIC_KEYS:
+        raise ConfigError(f"search score_metric {merged.get('score_metric')!r} is not one of {METRIC_KEYS}")
+    if merged.get("select") not in SELECTION_RULES:
+        raise ConfigError(f"search select {merged.get('select')!r} is not one of {SELECTION_RULES}")
     return merged
 
 
@@ -138,38 +157,27 @@ def search_space_from_config(config: Mapping[str, Any]) -> SearchSpace:
     return SearchSpace(**dict(config["space"]))
 
 
-def select_candidates(
-    records: Iterable[Mapping[str, Any]],
-    top_n: int,
-    latency_budget_ms: float | None = None,
-    score_key: str = "f1",
-    latency_key: str = "latency_ms",
-) -> list[dict[str, Any]]:
-    """The ``top_n`` trained candidates by ``score_key`` (validation F1) among those within the latency budget.
-
-    Ties are broken by higher accuracy, then lower latency, then the spec text, so the selection is deterministic.
+def candidate_profiler(
+    config: Mapping[str, Any], train_config: Mapping[str, Any], known: Mapping[str, float] | None = None
+) -> CandidateProfiler:
+    """The latency function of a merged search config: its latency settings and the machine's latency table.
 
     Args:
-        records: trained-candidate records (the journal).
-        top_n: how many to keep (>= 0).
-        latency_budget_ms: keep only candidates with latency <= this (ms per nodule); ``None``: any latency.
-        score_key: the score to rank by (higher is better).
-        latency_key: the latency field.
+        config: the merged search config (``latency_*`` keys, ``latency_table``).
+        train_config: a candidate's merged training config (defines attention and head).
+        known: latencies this search measured before (its journal), which win over the table.
     """
-    if top_n < 0:
-        raise ConfigError(f"select_top_n must be >= 0, got {top_n}")
-
-    def finite(value: Any) -> float:
-        number = float(value) if value is not None else math.nan
-        return number if math.isfinite(number) else -math.inf
-
-    eligible = [
-        dict(r) for r in records if latency_budget_ms is None or float(r[latency_key]) <= float(latency_budget_ms)
-    ]
-    eligible.sort(
-        key=lambda r: (-finite(r[score_key]), -finite(r.get("accuracy")), float(r[latency_key]), str(r["spec"]))
+    table_path = resolve_latency_table_path(config.get("latency_table"))
+    return CandidateProfiler(
+        train_config,
+        device=config.get("latency_device"),
+        latency_batch=int(config["latency_batch"]),
+        num_threads=config.get("latency_threads"),
+        warmup=int(config["latency_warmup"]),
+        repeats=int(config["latency_repeats"]),
+        known=known,
+        table=LatencyTable(table_path) if table_path is not None else None,
     )
-    return eligible[:top_n]
 
 
 def _replay_settings(
@@ -234,18 +242,26 @@ def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -
 
 
 def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns of a trained candidate shown in summaries and ``selected.json``."""
-    keys = ("spec", "params", "macs", "latency_ms", "f1", "accuracy", "sensitivity", "specificity", "auc")
-    return {key: record.get(key) for key in keys}
+    """The columns of a trained candidate shown in summaries and ``selected.json`` (``front_rank`` when set)."""
+    keys = ("spec", "params", "macs", "latency_ms", "auc", "f1", "accuracy", "sensitivity", "specificity", "best_epoch")
+    row = {key: record.get(key) for key in keys}
+    if "front_rank" in record:
+        row["front_rank"] = record["front_rank"]
+    return row
 
 
 def selected_payload(
     config: Mapping[str, Any], selected: Sequence[Mapping[str, Any]], test_folds: Sequence[int]
 ) -> dict[str, Any]:
-    """The content of ``selected.json`` (read by :func:`~naslung.pipeline.search.journal.read_selected_specs`)."""
+    """The content of ``selected.json`` (read by :func:`~naslung.pipeline.search.journal.read_selected_specs`).
+
+    ``specs`` in selection order; ``score_key`` the validation metric of the search-time scores in ``candidates``;
+    ``select`` the rule (``"pareto"``: ``candidates[i]["front_rank"]`` is its non-dominated front, 1 = Pareto).
+    """
     return {
         "specs": [r["spec"] for r in selected],
-        "score_key": "f1",
+        "score_key": config["score_metric"],
+        "select": config["select"],
         "select_top_n": int(config["select_top_n"]),
         "latency_budget_ms": config.get("latency_budget_ms"),
         "candidates": [table_row(r) for r in selected],
@@ -309,20 +325,13 @@ def run_search_step(
         seed=int(cfg["seed"]),
         train_config=train_config,
         train_overrides=cfg.get("train") or {},
+        score_metric=cfg["score_metric"],
     )
     journal = SearchJournal(out / "journal.jsonl")
-    profiler = CandidateProfiler(
-        evaluator.merged_config("[4,4,[4],[4],[4]]"),
-        device=cfg.get("latency_device"),
-        latency_batch=int(cfg["latency_batch"]),
-        num_threads=cfg.get("latency_threads"),
-        warmup=int(cfg["latency_warmup"]),
-        repeats=int(cfg["latency_repeats"]),
-        known=journal.latencies(),
-    )
+    profiler = candidate_profiler(cfg, evaluator.merged_config("[4,4,[4],[4],[4]]"), journal.latencies())
     settings = _replay_settings(cfg, datalist, train_config, profiler.device)
     budgets = {key: cfg.get(key) for key in ("max_candidates", "max_seconds", "patience")}
-    selection = {key: cfg.get(key) for key in ("select_top_n", "latency_budget_ms")}
+    selection = {key: cfg.get(key) for key in ("select_top_n", "latency_budget_ms", "select")}
     digest = fingerprint(settings, budgets, selection)
     if is_done(out, digest):
         logger.info("%s is up to date; skipping the search", out)
@@ -331,6 +340,7 @@ def run_search_step(
     _check_resume(out, journal, settings)
 
     batch_size = int(cfg["batch_size"])
+    score_key = str(cfg["score_metric"])
     executor = make_executor(
         cfg["executor"],
         workers=cfg.get("workers"),
@@ -365,6 +375,7 @@ def run_search_step(
             max_candidates=cfg.get("max_candidates"),
             max_seconds=cfg.get("max_seconds"),
             map_fn=map_fn,
+            score_key=score_key,
             progress=progress,
         )
         executor_info = executor.describe()
@@ -373,12 +384,14 @@ def run_search_step(
     records = journal.records()
     if not records:
         raise SearchError(f"the search trained no candidate ({result.stop_reason}); raise max_candidates/max_seconds")
-    front = pareto_front(records)
-    write_pareto_csv(records, out / "pareto.csv")
+    front = pareto_front(records, score_key=score_key)
+    write_pareto_csv(records, out / "pareto.csv", score_key=score_key)
     from naslung.pipeline.figures import plot_pareto
 
-    plot_pareto(records, front, out / "pareto.png", pruned_count=result.pruned)
-    selected = select_candidates(records, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"))
+    plot_pareto(records, front, out / "pareto.png", pruned_count=result.pruned, score_key=score_key)
+    selected = select_candidates(
+        records, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"), score_key=score_key, rule=cfg["select"]
+    )
     if not selected:
         logger.warning(
             "no trained candidate is within latency_budget_ms=%s; selected.json is empty", cfg.get("latency_budget_ms")
@@ -401,6 +414,8 @@ def run_search_step(
         "test_folds": settings["test_folds"],
         "executor": executor_info,
         "latency": profiler.describe(),
+        "score_metric": score_key,
+        "select": cfg["select"],
         "front": [table_row(r) for r in front],
         "selected": [r["spec"] for r in selected],
     }

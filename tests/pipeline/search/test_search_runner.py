@@ -112,8 +112,10 @@ def test_journal_records_and_outputs(killed_and_resumed):
     assert {row["spec"] for row in front} <= {r["spec"] for r in journal}
     assert (out / "pareto.png").stat().st_size > 1000
     selected = json.loads((out / "selected.json").read_text(encoding="utf-8"))
-    expected = sorted(journal, key=lambda r: (-r["f1"], -r["accuracy"], r["latency_ms"], r["spec"]))[:1]
-    assert selected["specs"] == [r["spec"] for r in expected]
+    expected = sorted(journal, key=lambda r: (-r["auc"], -r["accuracy"], r["latency_ms"], r["spec"]))[:1]
+    assert selected["specs"] == [r["spec"] for r in expected]  # one network: the best score is on the front
+    assert selected["score_key"] == "auc" and selected["select"] == "pareto"
+    assert selected["candidates"][0]["front_rank"] == 1
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["space"]["size"] == space.size() == 19 and summary["trained"] == len(journal)
 
@@ -159,13 +161,15 @@ SELECT_CASES = [
 
 
 @pytest.mark.parametrize("kwargs, expected", SELECT_CASES)
-def test_select_candidates(kwargs, expected):
-    assert [r["spec"] for r in select_candidates(RECORDS, **kwargs)] == expected
+def test_select_candidates_top_n_by_f1(kwargs, expected):
+    assert [r["spec"] for r in select_candidates(RECORDS, **kwargs, score_key="f1", rule="top_n")] == expected
 
 
 CONFIG_ERROR_CASES = [
     [{"no_such_key": 1}, "no_such_key"],
     [{"space": {"channels": [4], "width": 3}}, "width"],
+    [{"score_metric": "loss"}, "score_metric"],
+    [{"select": "best"}, "select"],
 ]
 
 
@@ -180,6 +184,7 @@ def test_packaged_config_is_the_paper_space():
     assert SearchSpace(**config["space"]).size() == 42426
     assert config["epochs_per_candidate"] == 10 and config["test_folds"] == [0, 1, 2, 3, 4]
     assert config["attention"] == "channel_first" and config["loss_name"] == "asoftmax"
+    assert config["score_metric"] == "auc" and config["select"] == "pareto" and config["latency_table"] is None
 
 
 def test_sequential_executor_keeps_order_and_sets_threads():
@@ -230,3 +235,14 @@ def test_ray_search_writes_the_same_journal_and_keeps_finished_trials(tmp_path):
         "threads_per_trial": 1,
     }
     assert (tmp_path / "out" / "pareto.csv").is_file() and (tmp_path / "out" / "selected.json").is_file()
+
+
+def test_pareto_figure_plots_the_search_score(tmp_path):
+    from naslung.pipeline.figures import plot_pareto
+
+    records = [{"spec": f"n{i}", "latency_ms": 1.0 + i, "auc": 0.6 + i / 10, "accuracy": 0.5} for i in range(3)]
+    assert plot_pareto(records, records, tmp_path / "auc.png", score_key="auc").stat().st_size > 1000  # no f1 needed
+    with pytest.raises(DataError, match="'auc'"):
+        plot_pareto(
+            [{"spec": "n", "latency_ms": 1.0, "f1": 0.5, "accuracy": 0.5}], [], tmp_path / "x.png", score_key="auc"
+        )
