@@ -37,7 +37,13 @@ from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.scan_writers import write_dicom_series, write_mhd
-from naslung.pipeline.synthetic_ct import nodule_spec, render_nodule_region, render_scan, scan_geometry
+from naslung.pipeline.synthetic_ct import (
+    RENDER_VERSION,
+    nodule_spec,
+    render_nodule_region,
+    render_scan,
+    scan_geometry,
+)
 
 __all__ = [
     "CUBE_SIZE",
@@ -68,7 +74,7 @@ TRUTH_FIELDS = [
     "voxel_y",
     "voxel_z",
 ]
-_RENDER_VERSION = 1  # bump when the renderer changes so that resumed runs re-render
+_RENDER_VERSION = RENDER_VERSION  # synthetic_ct bumps it when the drawing changes, so resumed runs re-render
 
 
 def cube_path(out_dir: str | os.PathLike, nodule_id: str) -> Path:

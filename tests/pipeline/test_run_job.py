@@ -93,3 +93,27 @@ def test_subsample_keeps_patients_whole_and_is_deterministic():
     assert all(sum(r["patient_id"] == p for r in a) == 3 for p in chosen)
     assert {r["fold"] for r in a} == {0, 1, 2, 3}
     assert subsample_cohort(rows, None) == rows
+
+
+def test_prepare_step_is_stale_after_a_renderer_version_change(tmp_path, monkeypatch):
+    """Run data prepared by an older synthetic renderer is rendered again, not reused."""
+    import naslung.pipeline.embedded as embedded
+    import naslung.pipeline.synthetic_ct as synthetic_ct
+    from naslung.pipeline.run_job import RunContext, _step_prepare
+
+    calls = []
+
+    def fake_render(out_dir, rows, **kwargs):
+        calls.append(len(rows))
+        (out_dir / "manifest.csv").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "manifest.csv").write_text("nodule_id\n", encoding="utf-8")
+        return {"n_scans": 0}
+
+    monkeypatch.setattr(embedded, "render_embedded", fake_render)
+    ctx = RunContext(run_dir=tmp_path, settings={"prepare": {"subsample_nodules": 10, "scans": 0}})
+    _step_prepare(ctx)
+    _step_prepare(ctx)
+    assert len(calls) == 1  # up to date
+    monkeypatch.setattr(synthetic_ct, "RENDER_VERSION", synthetic_ct.RENDER_VERSION + 1)
+    _step_prepare(ctx)
+    assert len(calls) == 2  # stale: rendered again

@@ -201,3 +201,109 @@ def test_consensus_mask_equals_pylidc_boolean_masks():
         np.testing.assert_array_equal(soft, reference.astype(np.float32))
         centre = np.array(np.nonzero(soft >= 0.5)).mean(axis=1) + start
         np.testing.assert_allclose(centre, [float(row[k]) for k in "ijk"], atol=1.5)
+
+
+# ------------------------------------------------------------------ every rating's cue, measured on the 32³ cube
+
+
+def _cube_unit(row, seed=0):
+    """The cube the networks see: ``naslung prepare embedded``'s render (1 mm, HU window -> [0, 1])."""
+    from naslung.pipeline.embedded import render_cube
+
+    return render_cube(row, seed=seed)
+
+
+def _unit_of(hu):
+    from naslung.transforms.nodule_cube import hu_to_unit
+
+    return float(hu_to_unit(np.array([hu], dtype=np.float32))[0])
+
+
+def _plain_solid(row):
+    """A mid-size solid nodule without calcification, spicules or lobes rated, away from the chest wall."""
+    return (
+        10 <= float(row["diameter_mm"]) <= 16
+        and _all(row, "calcification", {6})
+        and _all(row, "texture", {5})
+        and _all(row, "internalStructure", {1})
+    )
+
+
+def _centre_mean(cube, half=2):
+    c = cube.shape[0] // 2
+    return float(cube[c - half : c + half, c - half : c + half, c - half : c + half].mean())
+
+
+def _new_dense(low, high):
+    """Voxels that are lung (< -750 HU) in ``low`` and nodule-dense (> -650 HU) in ``high``."""
+    return int(np.sum((high > _unit_of(-650.0)) & (low < _unit_of(-750.0))))
+
+
+def _edge_gradient(cube):
+    from scipy import ndimage
+
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(ndimage.gaussian_filter(cube, 0.5))))
+    return float(np.percentile(gradient[8:24, 8:24, 8:24], 99))
+
+
+# [rating, low, high, statistic of (low cube, high cube), smallest effect]. One nodule, one seed: the background
+# (lung texture, vessels, quantum noise) is the same in both cubes, so the statistic measures the rating alone; the
+# thresholds are far above the quantum noise (12 HU = 0.007 of the window).
+RATING_CUE_CASES = [
+    ["spiculation", "1", "2", _new_dense, 5],  # a few short spicules: new dense voxels out in the lung
+    ["spiculation", "1", "3", _new_dense, 20],
+    ["spiculation", "1", "5", _new_dense, 60],
+    ["lobulation", "1", "5", _new_dense, 60],  # lobes out into the lung ...
+    ["lobulation", "1", "5", lambda low, high: _new_dense(high, low), 15],  # ... and notches into the nodule
+    ["margin", "1", "5", lambda low, high: _edge_gradient(high) / _edge_gradient(low), 1.25],  # sharper edge
+    ["texture", "1", "5", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.2],  # ground glass -> solid
+    ["texture", "1", "3", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.1],
+    ["subtlety", "1", "5", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.08],  # more contrast
+    ["internalStructure", "4", "1", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.2],  # air cavity
+    ["internalStructure", "3", "1", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.04],  # fat inside
+]
+
+
+@pytest.mark.parametrize("rating, low, high, statistic, smallest", RATING_CUE_CASES)
+def test_each_rating_cue_is_measurable_on_the_cube(rating, low, high, statistic, smallest):
+    row = {**_pick(_plain_solid), "spiculation": "1", "lobulation": "1", "margin": "4", "subtlety": "5"}
+    row_low, row_high = {**row, rating: low}, {**row, rating: high}
+    effect = statistic(_cube_unit(row_low), _cube_unit(row_high))
+    assert effect >= smallest, (rating, low, high, effect)
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 4, 5])
+def test_calcification_patterns_are_bright_on_the_cube_and_absent_is_not(code):
+    row = _pick(_plain_solid)
+    bright = _unit_of(300.0)
+    absent = _cube_unit({**row, "calcification": "6;6;6"})
+    calcified = _cube_unit({**row, "calcification": f"{code};{code};6"})
+    assert int(np.sum(absent >= bright)) == 0
+    assert int(np.sum(calcified >= bright)) >= 5, code
+
+
+def test_malignancy_and_label_never_drive_the_drawing():
+    """The label must not leak into the pixels: only the 8 other ratings and the contours draw a nodule."""
+    row = _pick(_plain_solid)
+    cube = _cube_unit(row)
+    other = {**row, "malignancy": "1;1;1;1", "malignancy_mean": 1.0, "label": 1 - int(row["label"])}
+    assert cube.tobytes() == _cube_unit(other).tobytes()
+
+
+def test_render_version_is_recorded_by_the_embedded_data_set(tmp_path):
+    """A data set made by another renderer version is re-rendered (``embedded.json`` keeps the version)."""
+    import json
+
+    from naslung.pipeline.embedded import cube_path, render_embedded
+    from naslung.pipeline.synthetic_ct import RENDER_VERSION
+
+    row = _pick(_plain_solid)
+    render_embedded(tmp_path, rows=[row], n_scans=0, workers=1)
+    record = json.loads((tmp_path / "embedded.json").read_text(encoding="utf-8"))
+    assert record["params"]["render_version"] == RENDER_VERSION
+    stale = cube_path(tmp_path, str(row["nodule_id"]))
+    np.save(stale, np.zeros((32, 32, 32), dtype=np.float32))
+    record["params"]["render_version"] = RENDER_VERSION - 1
+    (tmp_path / "embedded.json").write_text(json.dumps(record), encoding="utf-8")
+    summary = render_embedded(tmp_path, rows=[row], n_scans=0, workers=1)
+    assert summary["n_rendered"] == 1 and float(np.load(stale).max()) > 0.0
