@@ -175,6 +175,29 @@ class LambdaSchedule:
                 f"A-Softmax lambda schedule {self}: need 0 <= lambda_min <= lambda_max and gamma, power >= 0."
             )
 
+    @classmethod
+    def reaching_floor_at(
+        cls, iteration: int, lambda_max: float = 1500.0, lambda_min: float = 5.0, power: float = 1.0
+    ) -> LambdaSchedule:
+        """The schedule whose lambda decays from ``lambda_max`` to ``lambda_min`` exactly at ``iteration``.
+
+        ``gamma = ((lambda_max / lambda_min)^(1 / power) - 1) / iteration``. SphereFace's fixed gamma 0.1 reaches the
+        floor after 2990 iterations whatever the run's length: a run of 4 epochs over 300 cubes (~80 iterations)
+        ends at lambda ~ 170, where the margin barely acts. Scaling gamma to the run lets the margin bite in every
+        run; a config gives ``iteration`` as a fraction of the run's iterations (``train.json``'s
+        ``lambda_floor_fraction``).
+
+        Raises:
+            ConfigError: when ``iteration < 1`` or the values are invalid for :class:`LambdaSchedule`.
+        """
+        if iteration < 1 or lambda_min <= 0 or power <= 0:
+            raise ConfigError(
+                f"A-Softmax lambda schedule: need iteration >= 1, lambda_min > 0 and power > 0, got iteration "
+                f"{iteration}, lambda_min {lambda_min}, power {power}."
+            )
+        gamma = ((lambda_max / lambda_min) ** (1.0 / power) - 1.0) / iteration
+        return cls(lambda_max, lambda_min, gamma, power)
+
     def __call__(self, iteration: int) -> float:
         """Lambda at training iteration ``iteration`` (0-based)."""
         return max(self.lambda_min, self.lambda_max * (1.0 + self.gamma * iteration) ** (-self.power))
@@ -217,11 +240,13 @@ class AngularSoftmaxLoss(nn.Module):
 
     Args:
         lambda_max, lambda_min, gamma, power: the :class:`LambdaSchedule` (defaults 1500, 5, 0.1, 1).
+        floor_iteration: when given, ``gamma`` is replaced so that lambda reaches ``lambda_min`` at this training
+            iteration (:meth:`LambdaSchedule.reaching_floor_at`), e.g. half of the run's iterations.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Raises:
-        ConfigError: in ``forward``, when given trainable (B, K) logits (the network's head is not angular) or
-            labels of the wrong shape.
+        ConfigError: for an invalid schedule; in ``forward``, when given trainable (B, K) logits (the network's head
+            is not angular) or labels of the wrong shape.
     """
 
     def __init__(
@@ -230,10 +255,14 @@ class AngularSoftmaxLoss(nn.Module):
         lambda_min: float = 5.0,
         gamma: float = 0.1,
         power: float = 1.0,
+        floor_iteration: int | None = None,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.schedule = LambdaSchedule(lambda_max, lambda_min, gamma, power)
+        if floor_iteration is None:
+            self.schedule = LambdaSchedule(lambda_max, lambda_min, gamma, power)
+        else:
+            self.schedule = LambdaSchedule.reaching_floor_at(int(floor_iteration), lambda_max, lambda_min, power)
         self.reduction = _reduction(reduction)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 

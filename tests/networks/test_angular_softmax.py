@@ -103,6 +103,18 @@ def test_schedule_end_points():
         LambdaSchedule(lambda_max=1.0, lambda_min=2.0)
 
 
+@pytest.mark.parametrize("iteration, power", [[80, 1.0], [1000, 1.0], [300, 2.0]])
+def test_schedule_reaching_floor_at_a_given_iteration(iteration, power):
+    schedule = LambdaSchedule.reaching_floor_at(iteration, 1500.0, 5.0, power)
+    assert schedule(0) == 1500.0
+    assert schedule(iteration) == pytest.approx(5.0)
+    assert schedule(iteration - 1) > 5.0 + 1e-6  # not before
+    loss = AngularSoftmaxLoss(floor_iteration=iteration, power=power)
+    assert loss.schedule == schedule
+    with pytest.raises(ConfigError, match="iteration >= 1"):
+        LambdaSchedule.reaching_floor_at(0)
+
+
 def test_gradients_flow_through_network_and_iteration_advances():
     net = CBAMResNet3D(arch="[4,4,[4],[8],[8]]", head="angular").train()
     loss_fn = AngularSoftmaxLoss()

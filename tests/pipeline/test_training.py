@@ -12,7 +12,7 @@ from ignite.engine import Events
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.training import load_train_config, train_fold
+from naslung.pipeline.training import build_lr_scheduler, load_train_config, train_fold
 
 TINY = {"arch": "[4,4,[4],[4],[4]]", "batch_size": 8, "val_fraction": 0.3, "seed": 3}
 
@@ -171,3 +171,37 @@ def test_checkpoint_keeps_the_amp_grad_scaler(tmp_path):
     resumed = engine_with_scaler(8.0)
     resumed.run([0, 1], max_epochs=1)  # loads the checkpoint at STARTED
     assert resumed.scaler.get_scale() == 64.0
+
+
+def _lrs(scheduler, optimizer, steps: int) -> list[float]:
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+@pytest.mark.parametrize(
+    "schedule, kwargs, checks",
+    [
+        ["cosine", {"warmup_iterations": 10}, {0: 1e-4, 10: 1e-3, 99: 1e-5}],
+        ["cosine", {}, {0: 1e-3, 50: 5.05e-4}],
+        ["step", {"milestones": [30, 60]}, {29: 1e-3, 30: 1e-4, 60: 1e-5}],
+        ["constant", {}, {0: 1e-3, 99: 1e-3}],
+    ],
+)
+def test_lr_schedules(schedule, kwargs, checks):
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    values = _lrs(build_lr_scheduler(optimizer, schedule, total_iterations=100, **kwargs), optimizer, 100)
+    for step, expected in checks.items():
+        assert values[step] == pytest.approx(expected, rel=0.05), step
+    if schedule == "cosine":
+        after_warmup = values[kwargs.get("warmup_iterations", 0) :]
+        assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:], strict=False))
+
+
+def test_unknown_lr_schedule_is_a_config_error():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        build_lr_scheduler(optimizer, "exponential", 10)

@@ -93,6 +93,36 @@ def test_flips(flip_prob, expected):
     np.testing.assert_array_equal(transform({"image": cube})["image"][0].numpy(), expected(cube))
 
 
+def _cube_orientations(cube: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """The 48 orientations of a cube (axis permutations times axis flips), each with its determinant (+1: rotation)."""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        parity = np.linalg.det(np.eye(3)[list(perm)])
+        for flips in itertools.product((False, True), repeat=3):
+            axes = tuple(a for a, f in enumerate(flips) if f)
+            turned = np.transpose(cube, perm)
+            out.append((np.flip(turned, axes) if axes else turned, int(round(parity)) * (-1) ** len(axes)))
+    return out
+
+
+@pytest.mark.parametrize("rotate90_prob, min_distinct", [(0.0, 1), (0.5, 10)])
+def test_rotations_are_exact_orientations_of_the_cube(rotate90_prob, min_distinct):
+    cube = np.random.default_rng(8).random((8, 8, 8), dtype=np.float32)
+    orientations = _cube_orientations(cube)
+    transform = train_transforms(
+        load=False, label_key=None, cube_size=8, padded_size=8, flip_prob=0.0, rotate90_prob=rotate90_prob
+    )
+    transform.set_random_state(seed=11)
+    seen = set()
+    for _ in range(60):
+        out = transform({"image": cube})["image"][0].numpy()
+        index = [i for i, (o, _) in enumerate(orientations) if np.array_equal(out, o)]
+        assert len(index) == 1  # no interpolation: exactly one orientation of the input
+        assert orientations[index[0]][1] == 1  # quarter turns only (no flips asked for): a proper rotation
+        seen.add(index[0])
+    assert len(seen) >= min_distinct
+
+
 def test_determinism_with_set_random_state_and_set_determinism():
     cube = np.random.default_rng(6).random((32, 32, 32), dtype=np.float32)
 
