@@ -4,12 +4,14 @@ Run ``python benchmarks/signal_probe.py [--data DIR]``. It prepares the embedded
 into ``DIR`` (``naslung prepare embedded --scans 0``; a folder that already holds a complete data set is reused as it
 is, whatever renderer made it), computes cheap hand-made features of every cube (the blob at the centre: its volume,
 HU statistics, solid / ground-glass / calcified fractions, edge sharpness, surface-to-volume ratio, sphericity,
-radial irregularity, thin protrusions) and, over the cohort's 10 folds (fitted on the training folds only), reports:
+radial irregularity, thin protrusions; the median HU of spherical shells around the centre and its half-maximum
+radius, a size robust to attached vessels) and, over the cohort's 10 folds (fitted on the training folds only), reports:
 
 - (a) logistic regression and gradient boosting on the cube features (and on the cube's size features alone);
 - (b) the diameter rule "malignant if diameter > t" (t fitted on the training folds);
 - (c) the ratings ceiling: logistic regression on the readers' 8 non-malignancy ratings (mean over readers) plus the
-  diameter, and on the 5 ratings the renderer draws (texture, margin, spiculation, lobulation, calcification);
+  diameter, on the ratings the probed renderer version draws plus the diameter, and on the diameter plus the share
+  of readers who saw calcification;
 - (d) per rating: Spearman's rho between the rating (reader mean) and a cross-validated regression of it on the cube
   features, beside the same regression on the cube's size features alone; the difference is the part of the rating
   that the cube shows beyond the nodule's size.
@@ -55,14 +57,19 @@ RATINGS = (
     "spiculation",
     "texture",
 )
-#: The ratings that drive the synthetic renderer (``naslung.pipeline.synthetic_ct``).
-RENDERED_RATINGS = ("calcification", "margin", "lobulation", "spiculation", "texture")
+#: The ratings that drive each version of the synthetic renderer (``naslung.pipeline.synthetic_ct.RENDER_VERSION``);
+#: sphericity is drawn by the readers' contours in every version.
+RENDERED_RATINGS: dict[int, tuple[str, ...]] = {
+    1: ("calcification", "margin", "lobulation", "spiculation", "texture"),
+    2: ("calcification", "margin", "lobulation", "spiculation", "texture", "subtlety", "internalStructure"),
+}
 
 HU_LOW, HU_HIGH = -1200.0, 600.0  # the cubes' window (transforms.nodule_cube.HU_WINDOW): 0 -> low, 1 -> high
 BLOB_HU = -650.0  # nodule blob threshold: above lung parenchyma (~-850) and below ground glass (~-620)
 SOLID_HU = -300.0
+BACKGROUND_HU = -850.0  # lung parenchyma
 CALCIFIED_HU = 250.0
-SIZE_FEATURES = ("volume_mm3", "equiv_diameter_mm", "extent_mm")
+SIZE_FEATURES = ("volume_mm3", "equiv_diameter_mm", "extent_mm", "profile_radius_mm")
 
 
 def _hu(cube_unit: np.ndarray) -> np.ndarray:
@@ -90,6 +97,56 @@ def _centre_blob(hu: np.ndarray, threshold: float) -> np.ndarray:
     return labels == keep
 
 
+def _radial_profile(hu: np.ndarray, r_centre: np.ndarray) -> dict[str, float]:
+    """Median HU of 1 mm spherical shells around the centre (robust to thin vessels) and its half-maximum radius."""
+    shells = np.floor(r_centre).astype(int)
+    n = hu.shape[0] // 2
+    profile = np.array([np.median(hu[shells == k]) for k in range(n)])
+    background = float(np.median(hu[(r_centre >= n - 3) & (r_centre < n)]))
+    half = background + 0.5 * (float(profile[:2].max()) - background)
+    below = np.flatnonzero(profile < half)
+    if not len(below):
+        radius = float(n)
+    elif below[0] == 0:
+        radius = 0.0
+    else:
+        k = int(below[0])
+        radius = k - 1 + float(profile[k - 1] - half) / max(float(profile[k - 1] - profile[k]), 1e-6)
+    feats = {"profile_radius_mm": radius}
+    feats.update({f"shell{k}_median_hu": float(profile[k]) for k in range(0, n, 2)})
+    return feats
+
+
+def _margin_shape(smooth: np.ndarray, r_centre: np.ndarray, radius: float, centre_hu: float) -> dict[str, float]:
+    """Spicules and lobes: dense voxels in a halo outside the nodule, and the in-plane boundary radius per azimuth.
+
+    ``halo_fraction``: share of the voxels 1.5-7 mm outside the half-maximum radius that are denser than -700 HU
+    (strands out in the lung; vessels add the same on average at every rating). ``azimuth_radius_cv`` /
+    ``azimuth_radius_range``: over 48 in-plane rays of the three central slices, where the smoothed HU first falls
+    below halfway between the centre and the lung; their spread (IQR / median, and 90th - 10th percentile in mm)
+    measures a scalloped or irregular margin.
+    """
+    halo = (r_centre >= radius + 1.5) & (r_centre <= radius + 7.0)
+    feats = {"halo_fraction": float(np.mean(smooth[halo] > -700.0)) if halo.any() else float("nan")}
+    c = smooth.shape[0] // 2
+    level = 0.5 * (centre_hu + BACKGROUND_HU)
+    angles = np.linspace(0.0, 2.0 * np.pi, 48, endpoint=False)
+    steps = np.arange(0.0, c - 1.0, 0.25)
+    radii = []
+    for z in (c - 1, c, c + 1):
+        xs = c + np.cos(angles)[:, None] * steps[None, :]
+        ys = c + np.sin(angles)[:, None] * steps[None, :]
+        values = ndimage.map_coordinates(smooth[:, :, z], [xs.ravel(), ys.ravel()], order=1).reshape(xs.shape)
+        below = values < level
+        first = np.where(below.any(axis=1), np.argmax(below, axis=1), len(steps) - 1)
+        radii.append(steps[first])
+    r = np.concatenate(radii)
+    q10, q25, q50, q75, q90 = np.percentile(r, [10, 25, 50, 75, 90])
+    feats["azimuth_radius_cv"] = float((q75 - q25) / max(q50, 0.5))
+    feats["azimuth_radius_range"] = float(q90 - q10)
+    return feats
+
+
 def cube_features(cube_unit: np.ndarray) -> dict[str, float]:
     """Hand-made features of one cube.
 
@@ -109,6 +166,8 @@ def cube_features(cube_unit: np.ndarray) -> dict[str, float]:
     for radius in (2, 4, 8):
         feats[f"ball{radius}_mean_hu"] = float(hu[r_centre <= radius].mean())
     feats["ball4_std_hu"] = float(hu[r_centre <= 4].std())
+    feats.update(_radial_profile(hu, r_centre))
+    feats.update(_margin_shape(smooth, r_centre, feats["profile_radius_mm"], feats["shell0_median_hu"]))
     volume = float(blob.sum())
     feats["volume_mm3"] = volume
     feats["equiv_diameter_mm"] = float((6.0 * volume / np.pi) ** (1.0 / 3.0))
@@ -200,6 +259,12 @@ def _cohort_digest(rows: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _share_calcified(value: Any) -> float:
+    """Fraction of the readers who saw calcification (LIDC code 1..5; 6 = absent)."""
+    codes = [int(float(v)) for v in str(value).replace(",", ";").split(";") if v.strip()]
+    return float(np.mean([c != 6 for c in codes])) if codes else 0.0
+
+
 def _folds_of(folds: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
     return [(int(k), np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in np.unique(folds)]
 
@@ -276,8 +341,9 @@ def rating_recovery_cv(x: np.ndarray, rating: np.ndarray, folds: np.ndarray, kin
     return float(stats.spearmanr(pred, rating).statistic)
 
 
-def probe(data_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """All measurements on the cubes in ``data_dir`` for the cohort ``rows`` (see the module docstring)."""
+def probe(data_dir: Path, rows: Sequence[Mapping[str, Any]], render_version: int) -> dict[str, Any]:
+    """All measurements on the cubes in ``data_dir`` (made by ``render_version``) for the cohort ``rows``."""
+    rendered_names = RENDERED_RATINGS.get(render_version, RENDERED_RATINGS[max(RENDERED_RATINGS)])
     start = time.perf_counter()
     feats = [cube_features(np.load(data_dir / "cubes" / f"{r['nodule_id']}.npy")) for r in rows]
     names = list(feats[0])
@@ -299,8 +365,11 @@ def probe(data_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     models["diameter_rule"] = diameter_rule_cv(diameter, y, folds)
     ceiling = np.column_stack([*(ratings[n] for n in RATINGS), diameter])
     models["ratings_ceiling_lr"] = classify_cv(ceiling, y, folds, "lr")
-    rendered = np.column_stack([*(ratings[n] for n in RENDERED_RATINGS), diameter])
+    rendered = np.column_stack([*(ratings[n] for n in rendered_names), diameter])
     models["rendered_ratings_ceiling_lr"] = classify_cv(rendered, y, folds, "lr")
+    models["rendered_ratings_ceiling_lr"]["ratings"] = list(rendered_names)
+    calcified = np.array([_share_calcified(r["calcification"]) for r in rows])
+    models["diameter_calcification_lr"] = classify_cv(np.column_stack([diameter, calcified]), y, folds, "lr")
     results["models"] = models
 
     per_rating = {}
@@ -310,7 +379,7 @@ def probe(data_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "rho_cube_features": rating_recovery_cv(x, r, folds),
             "rho_cube_size_only": rating_recovery_cv(x[:, size_cols], r, folds),
             "rho_diameter_mm": float(stats.spearmanr(diameter, r).statistic),
-            "rendered": name in RENDERED_RATINGS,
+            "rendered": name in rendered_names,
         }
         per_rating[name]["rho_beyond_size"] = (
             per_rating[name]["rho_cube_features"] - per_rating[name]["rho_cube_size_only"]
@@ -318,7 +387,7 @@ def probe(data_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     results["per_rating"] = per_rating
     # which single feature tracks each rendered rating best (Spearman over the cohort), to see where a cue lives
     best = {}
-    for name in RENDERED_RATINGS:
+    for name in rendered_names:
         rhos = {n: stats.spearmanr(x[:, i], ratings[name], nan_policy="omit").statistic for i, n in enumerate(names)}
         top = sorted(rhos.items(), key=lambda kv: -abs(kv[1]))[:3]
         best[name] = [{"feature": n, "rho": float(v)} for n, v in top]
@@ -351,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "signal_probe.json")
     args = parser.parse_args(argv)
 
+    from threadpoolctl import threadpool_limits
+
     from naslung.pipeline.atomic_io import write_json
     from naslung.pipeline.cohort import load_default_cohort
 
@@ -358,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data or Path(tmp) / "embedded"
         params = ensure_cubes(data_dir, args.workers)
-        results = probe(data_dir, rows)
+        # one thread for the boosting: on a shared 2-core machine OpenMP's spinning threads slow it many times over
+        with threadpool_limits(limits=1):
+            results = probe(data_dir, rows, int(params.get("render_version", 1)))
     label = args.label or f"render_v{params.get('render_version', '?')}"
     results["data_params"] = params
     results["data_dir"] = str(args.data) if args.data else None

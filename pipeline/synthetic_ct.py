@@ -20,7 +20,7 @@ readers saw one; internal structure: the most common code) drive the drawing of 
 - texture 1..5: ground glass (~-620 HU, patchy) -> part solid (a solid core growing from the inside) -> solid (~+30 HU);
 - margin 1..5: edge blur from 2.2 mm (poorly defined) to 0.4 mm (sharp);
 - lobulation 2..5: a scalloped margin, 3-7 round lobes around the nodule with sharp notches between them, their
-  depth from 0.8 mm (2) up to 0.8 mm + 0.4 x the equivalent radius (5);
+  depth from 0.8 mm (2) up to 0.8 mm + 0.3 x the equivalent radius (5);
 - spiculation 2..5: 5 to 16 tapered strands (root radius 0.7-1.3 mm) radiating from the surface 3.5 mm (2) up to
   3.5 + 3 + 0.6 x the equivalent radius mm (5) into the lung, averaged over the slice thickness as a CT slice is;
 - calcification 1..6 (LIDC: popcorn, laminated, solid, non-central, central, absent): foci of ~+650 HU;
@@ -630,7 +630,7 @@ class _RenderedNodule:
 _SPIKES_MIN, _SPIKES_MAX = 5, 16
 _SPIKE_MIN_MM = 3.5
 # lobulation: lobe amplitude at rating 5 as a fraction of the equivalent radius, plus a floor (mm) from rating 2 on
-_LOBE_AMPLITUDE, _LOBE_MIN_MM = 0.4, 0.8
+_LOBE_AMPLITUDE, _LOBE_MIN_MM = 0.3, 0.8
 # subtlety: fraction of the nodule's contrast to the lung that an extremely subtle (1) nodule loses
 _SUBTLE_CONTRAST_LOSS = 0.3
 

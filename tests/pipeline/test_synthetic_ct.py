@@ -254,7 +254,7 @@ RATING_CUE_CASES = [
     ["spiculation", "1", "3", _new_dense, 20],
     ["spiculation", "1", "5", _new_dense, 60],
     ["lobulation", "1", "5", _new_dense, 60],  # lobes out into the lung ...
-    ["lobulation", "1", "5", lambda low, high: _new_dense(high, low), 15],  # ... and notches into the nodule
+    ["lobulation", "1", "5", lambda low, high: _new_dense(high, low), 12],  # ... and notches into the nodule
     ["margin", "1", "5", lambda low, high: _edge_gradient(high) / _edge_gradient(low), 1.25],  # sharper edge
     ["texture", "1", "5", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.2],  # ground glass -> solid
     ["texture", "1", "3", lambda low, high: _centre_mean(high) - _centre_mean(low), 0.1],
