@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import numpy as np
 
 from naslung.pipeline.errors import DataError
 
-__all__ = ["MANIFEST_FIELD_ORDER", "MANIFEST_COLUMNS", "read_manifest", "FoldSplit", "split_for_fold"]
+__all__ = [
+    "MANIFEST_FIELD_ORDER",
+    "MANIFEST_COLUMNS",
+    "read_manifest",
+    "FoldSplit",
+    "split_for_fold",
+    "class_balanced_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +157,21 @@ def split_for_fold(
         raise DataError(f"split left train={len(train)} val={len(val)} items; use more data or another val_fraction")
     logger.info("fold %s: train %d, val %d, test %d nodules", test_fold, len(train), len(val), len(test))
     return FoldSplit(train=train, val=val, test=test)
+
+
+def class_balanced_weights(datalist: Sequence[Mapping[str, Any]], label_key: str = "label") -> list[float]:
+    """Per-item sampling weights that give every class the same expected share of a draw.
+
+    For ``torch.utils.data.WeightedRandomSampler`` (the training config's ``class_balance``): an item of class
+    ``c`` weighs ``1 / (K * n_c)``, so the weights sum to 1 and each of the K classes is drawn with probability
+    ``1 / K``. The embedded cohort is 45% malignant; without balancing, short runs lean towards "benign".
+
+    Raises:
+        DataError: an item has no ``label_key``.
+    """
+    try:
+        labels = [int(item[label_key]) for item in datalist]
+    except KeyError:
+        raise DataError(f"class_balanced_weights: an item has no {label_key!r} key") from None
+    counts = Counter(labels)
+    return [1.0 / (len(counts) * counts[label]) for label in labels]

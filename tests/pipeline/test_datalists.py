@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naslung.pipeline.atomic_io import write_csv
-from naslung.pipeline.datalists import read_manifest, split_for_fold
+from naslung.pipeline.datalists import class_balanced_weights, read_manifest, split_for_fold
 from naslung.pipeline.errors import DataError
 
 
@@ -79,3 +79,15 @@ def test_read_manifest_missing_column(tmp_path):
     (tmp_path / "manifest.csv").write_text("nodule_id,image\n")
     with pytest.raises(DataError, match="manifest.csv: missing column"):
         read_manifest(tmp_path / "manifest.csv")
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1], [1, 0, 1, 1, 1, 0], [0, 1]])
+def test_class_balanced_weights_give_each_class_half_the_draws(labels):
+    weights = class_balanced_weights([{"label": y} for y in labels])
+    assert sum(weights) == pytest.approx(1.0)
+    assert sum(w for w, y in zip(weights, labels, strict=True) if y == 1) == pytest.approx(0.5)
+
+
+def test_class_balanced_weights_need_labels():
+    with pytest.raises(DataError, match="'label'"):
+        class_balanced_weights([{"image": "a.npy"}])
