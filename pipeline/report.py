@@ -14,6 +14,7 @@ import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_open
 from naslung.pipeline.reference_models import REFERENCE_METHODS
+from naslung.pipeline.search.rank_correlation import RANK_CORRELATION_FILE
 
 __all__ = ["build_report", "REPORT_SECTIONS"]
 
@@ -35,6 +36,15 @@ REPORT_SECTIONS: tuple[str, ...] = (
 )
 
 _METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
+
+#: How the search's validation metrics (``score_metric``) read in captions and table headers.
+_METRIC_NAMES = {
+    "auc": "AUC",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
 
 
 def _read_json(path: Path) -> Any:
@@ -93,6 +103,63 @@ def _cohort(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _metric_name(metric: str) -> str:
+    """How a metric key reads in the report: ``"auc"`` -> ``"AUC"``, ``"f1"`` -> ``"F1"``."""
+    return _METRIC_NAMES.get(metric, metric)
+
+
+def _score_header(metric: str) -> str:
+    """A table header for :func:`_score_cell`'s values: ``"AUC"``, ``"F1 (%)"``."""
+    return _metric_name(metric) + ("" if metric == "auc" else " (%)")
+
+
+def _score_cell(value: Any, metric: str) -> str:
+    """A validation score as the report shows it: AUC as a fraction, the other metrics in percent."""
+    if metric != "auc":
+        return _pct(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{number:.3f}" if number == number else "–"
+
+
+def _rank_correlation(run: Path, metric: str) -> list[str]:
+    """Lines on whether the search's ranking survived retraining (``RUN/search/rank_correlation.json``)."""
+    record = _read_json(run / RANK_CORRELATION_FILE)
+    if not isinstance(record, dict):
+        return [
+            f"- search-time against retrained ranking: not computed yet (`{RANK_CORRELATION_FILE.as_posix()}` "
+            "is written by `naslung run`'s train step once the selected networks are retrained)"
+        ]
+    compared = str(record.get("metric") or metric)
+    name = _metric_name(compared)
+    rho = record.get("rho")
+    if rho is None:
+        headline = f"undefined ({record.get('reason') or 'no reason recorded'})"
+    else:
+        headline = f"Spearman ρ = **{float(rho):+.2f}** over {record.get('n')} networks"
+    lines = [
+        f"- search-time against retrained ranking of the selected networks (validation {name}): {headline}",
+        "",
+        f"| spec | search-time val {_score_header(compared)} | retrained val {_score_header(compared)} "
+        "(mean over folds) | retrained folds |",
+        "|---|---:|---:|---:|",
+    ]
+    for network in record.get("networks") or []:
+        lines.append(
+            f"| `{network.get('spec')}` | {_score_cell(network.get('search_score'), compared)} | "
+            f"{_score_cell(network.get('retrained_score'), compared)} | {len(network.get('retrained_folds') or {})} |"
+        )
+    lines += [
+        "",
+        "*Search-time: a candidate's best validation epoch in the search's short training; retrained: the mean over "
+        "the retrained folds of each fold's best validation epoch (a validation split of the training folds, never "
+        "the test fold).*",
+    ]
+    return lines
+
+
 def _search(run: Path) -> str:
     journal = run / "search" / "journal.jsonl"
     if not journal.is_file():
@@ -101,8 +168,12 @@ def _search(run: Path) -> str:
         json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")
     ]
     summary = _read_json(run / "search" / "summary.json") or {}
-    selected = (_read_json(run / "search" / "selected.json") or {}).get("specs", [])
-    lines = [f"- candidates trained: **{len(records)}**"]
+    selection = _read_json(run / "search" / "selected.json") or {}
+    selected = selection.get("specs", [])
+    # the metric the search ranked candidates by; runs from before score_metric existed ranked by F1
+    metric = str(selection.get("score_key") or summary.get("score_metric") or "f1")
+    name = _metric_name(metric)
+    lines = [f"- candidates trained: **{len(records)}**", f"- candidates scored by validation {name}"]
     if "size" in summary.get("space", {}):
         lines.append(f"- search space: {summary['space']['size']:,} candidates ({summary['space'].get('channels')})")
     for key in ("pruned", "remaining", "stop_reason", "search_seconds", "candidates_per_hour", "search_nodules"):
@@ -110,16 +181,30 @@ def _search(run: Path) -> str:
             value = summary[key]
             lines.append(f"- {key.replace('_', ' ')}: {round(value, 1) if isinstance(value, float) else value}")
     if selected:
-        lines.append("- selected for retraining: " + ", ".join(f"`{s}`" for s in selected))
+        rule = selection.get("select")
+        how = {"pareto": f" (latency/{name} Pareto fronts)", "top_n": f" (best validation {name})"}.get(rule, "")
+        lines.append(f"- selected for retraining{how}: " + ", ".join(f"`{s}`" for s in selected))
+        lines += _rank_correlation(run, metric)
+    second = "f1" if metric == "accuracy" else "accuracy"  # the right panel of pareto.png
     pareto = _read_csv(run / "search" / "pareto.csv")
     if pareto:
-        lines += ["", "| spec | params | latency ms | val F1 | val accuracy |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Pareto front of latency and validation {name}:",
+            "",
+            f"| spec | params | latency ms | val {_score_header(metric)} | val {_score_header(second)} |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for row in pareto:
             lines.append(
-                f"| `{row.get('spec')}` | {row.get('params', '–')} | {float(row.get('latency_ms', 'nan')):.3f} | "
-                f"{_pct(row.get('f1'))} | {_pct(row.get('accuracy'))} |"
+                f"| `{row.get('spec')}` | {row.get('params', '–')} | {float(row.get('latency_ms') or 'nan'):.3f} | "
+                f"{_score_cell(row.get(metric), metric)} | {_score_cell(row.get(second), second)} |"
             )
-    lines += ["", _figure(run, "search/pareto.png", "Latency against validation F1 of every trained candidate")]
+    caption = (
+        f"Latency against validation {name} (left, the search score) and {_metric_name(second)} (right) of every "
+        f"trained candidate; the latency/{name} Pareto front in red"
+    )
+    lines += ["", _figure(run, "search/pareto.png", caption)]
     return "\n".join(lines) + "\n"
 
 

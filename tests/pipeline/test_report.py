@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.report import REPORT_SECTIONS, build_report
 
@@ -81,3 +83,82 @@ def test_report_reference_section_without_ensemble(tmp_path):
     text = build_report(tmp_path)[0].read_text(encoding="utf-8")
     section = text[text.index("## Reference models") : text.index("## Comparison with the paper")]
     assert "naslung ensemble --run RUN" in section
+
+
+def _search_run(root, score_key, rank_correlation):
+    """RUN/search with a two-candidate journal, selected.json ranked by ``score_key``, a Pareto CSV and figure."""
+    search = root / "search"
+    candidates = [
+        {"spec": "4-4_4_4_8", "params": 1000, "latency_ms": 1.25, "auc": 0.9123, "f1": 0.8, "accuracy": 0.85},
+        {"spec": "8-8_8_8_16", "params": 4000, "latency_ms": 2.5, "auc": 0.95, "f1": 0.82, "accuracy": 0.875},
+    ]
+    search.mkdir(parents=True)
+    (search / "journal.jsonl").write_text("".join(json.dumps(c) + "\n" for c in candidates), encoding="utf-8")
+    selected = {"specs": [c["spec"] for c in candidates], "select": "pareto", "candidates": candidates}
+    if score_key is not None:
+        selected["score_key"] = score_key
+    write_json(search / "selected.json", selected)
+    write_csv(search / "pareto.csv", candidates, list(candidates[0]))
+    (search / "pareto.png").write_bytes(b"\x89PNG")
+    if rank_correlation is not None:
+        write_json(search / "rank_correlation.json", rank_correlation)
+    return root
+
+
+def _ranks(rho, reason=None):
+    networks = [
+        {"spec": "4-4_4_4_8", "search_score": 0.9123, "retrained_score": 0.9312, "retrained_folds": {"0": 0.93}},
+        {"spec": "8-8_8_8_16", "search_score": 0.95, "retrained_score": None, "retrained_folds": {}},
+    ]
+    return {"metric": "auc", "method": "spearman", "rho": rho, "n": 3, "reason": reason, "networks": networks}
+
+
+SEARCH_CASES = [
+    # score_key, rank_correlation.json, expected lines, lines that must not appear
+    [
+        "auc",
+        _ranks(0.5),
+        [
+            "Latency against validation AUC (left, the search score) and accuracy (right)",
+            "latency/AUC Pareto front",
+            "| spec | params | latency ms | val AUC | val accuracy (%) |",
+            "| `4-4_4_4_8` | 1000 | 1.250 | 0.912 | 85.00 |",
+            "Spearman ρ = **+0.50** over 3 networks",
+            "| `4-4_4_4_8` | 0.912 | 0.931 | 1 |",
+            "| `8-8_8_8_16` | 0.950 | – | 0 |",
+        ],
+        ["validation F1"],
+    ],
+    [
+        "auc",
+        _ranks(None, "2 network(s) with both a search-time and a retrained auc"),
+        ["(validation AUC): undefined (2 network(s) with both a search-time and a retrained auc)"],
+        ["Spearman ρ ="],
+    ],
+    [
+        "accuracy",
+        None,
+        [
+            "validation accuracy (left, the search score) and F1 (right)",
+            "| val accuracy (%) | val F1 (%) |",
+            "not computed yet",
+        ],
+        ["val AUC"],
+    ],
+    [
+        None,
+        None,
+        ["Latency against validation F1 (left", "| val F1 (%) | val accuracy (%) |"],
+        ["AUC"],
+    ],  # runs before AUC
+]
+
+
+@pytest.mark.parametrize("score_key, ranks, expected, absent", SEARCH_CASES)
+def test_report_search_section_names_the_search_metric(tmp_path, score_key, ranks, expected, absent):
+    text = build_report(_search_run(tmp_path, score_key, ranks))[0].read_text(encoding="utf-8")
+    section = text[text.index("## Architecture search") : text.index("## Cross-validated results")]
+    for line in expected:
+        assert line in section
+    for line in absent:
+        assert line not in section
