@@ -1,7 +1,9 @@
 """Run every benchmark in this folder, one after another, and print each one's headline lines.
 
 Usage: ``python benchmarks/run_all.py [--only NAME ...]``. Each benchmark measures its own comparison side by
-side in one run; this script collects the lines that state a ratio or a goal, plus the machine they ran on.
+side in one run; this script collects the lines that state a ratio or a goal (:data:`HEADLINE`, plus the
+benchmark's own lines in :data:`HEADLINES`), plus the machine they ran on. ``search_determinism`` (three quick-profile
+searches) and ``signal_probe`` (renders the whole embedded cohort) take the longest; ``--only`` skips them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "latency", "train_step", "search", "anchors")
-HEADLINE = re.compile(r"anchor|goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
+#: The benchmarks of this folder (``<name>.py``), in the order they run.
+BENCHMARKS = ("prepare", "latency", "train_step", "search", "anchors", "search_determinism", "signal_probe")
+#: Lines of any benchmark that state a ratio or a goal.
+HEADLINE = re.compile(r"\banchor\b|goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
+#: A benchmark's own headline lines, where its result is not a ratio.
+HEADLINES = {
+    # one seed twice with one latency table: same selection?; without it: how far latencies moved; score ties
+    "search_determinism": re.compile(r"identical journal|without the table|distinct scores"),
+    # the probe's title per renderer version, then 10-fold accuracy/AUC of the cube features beside the anchors
+    "signal_probe": re.compile(
+        r"^== |^model |^(cube_features|cube_size_only|diameter_rule|ratings_ceiling|rendered_ratings)"
+    ),
+}
+
+
+def headline_lines(name: str, stdout: str) -> list[str]:
+    """The lines of benchmark ``name``'s output that :data:`HEADLINE` or its entry in :data:`HEADLINES` match."""
+    own = HEADLINES.get(name)
+    return [line for line in stdout.splitlines() if HEADLINE.search(line) or (own is not None and own.search(line))]
 
 
 def main() -> int:
@@ -34,7 +53,7 @@ def main() -> int:
         proc = subprocess.run([sys.executable, str(here / f"{name}.py")], capture_output=True, text=True)
         seconds = time.perf_counter() - start
         print(f"\n== {name} ({seconds:.0f} s, exit {proc.returncode})")
-        lines = [line for line in proc.stdout.splitlines() if HEADLINE.search(line)]
+        lines = headline_lines(name, proc.stdout)
         print("\n".join(lines) if lines else proc.stdout[-2000:])
         if proc.returncode != 0:
             failed.append(name)
