@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Combine the networks of RUN/train (their test_predictions.csv on the same held-out folds) by majority "
             "vote: each network votes malignant when its probability exceeds 0.5 and the nodule is malignant when "
             "more than half of the n networks vote so. Writes RUN/ensemble/fold_<k>/predictions.csv, metrics.json, "
-            "per_fold.csv, ensemble_size.csv/.png and results_table.md/.csv."
+            "per_fold.csv, reference_per_fold.png (per-fold accuracy and AUC beside the diameter rule and the "
+            "ratings ceiling), ensemble_size.csv/.png and results_table.md/.csv."
         ),
     )
     parser.add_argument("--run", required=True, help="run directory (with train/<slug>/fold_<k>/)")
@@ -43,7 +44,7 @@ def _pct(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.ensemble_step import run_ensemble_step
+    from naslung.pipeline.ensemble_step import ENSEMBLE_OUTPUTS, run_ensemble_step
     from naslung.pipeline.metrics import BINARY_METRICS
     from naslung.pipeline.progress import no_progress, tqdm_progress
 
@@ -73,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
         latency = result.get("latency_ms")
         extra = "" if latency is None else f", {latency:.3f} ms per nodule on CPU (members run one after another)"
         print(f"  parameters: {result['params']:,}{extra}")
-    print(f"outputs in {out}: metrics.json, per_fold.csv, ensemble_size.csv/.png, results_table.md/.csv")
+    print(f"outputs in {out}: fold_<k>/predictions.csv, {', '.join(ENSEMBLE_OUTPUTS)}")
     return 0

@@ -8,6 +8,7 @@ import pytest
 
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
+from naslung.pipeline.ensemble_step import ENSEMBLE_OUTPUTS
 
 LABELS = [1, 1, 0, 0, 1, 0]
 PROBS = {"a": [0.9, 0.6, 0.2, 0.7, 0.4, 0.1], "b": [0.8, 0.4, 0.1, 0.6, 0.6, 0.3], "c": [0.7, 0.7, 0.6, 0.2, 0.3, 0.2]}
@@ -38,8 +39,10 @@ def test_ensemble_command(tmp_path, capsys, extra, members):
     assert "fold 1" in printed and "fold 2" in printed and "mean ± std" in printed
     saved = json.loads((run / "ensemble" / "metrics.json").read_text(encoding="utf-8"))
     assert [m["slug"] for m in saved["members"]] == members
-    for name in ("per_fold.csv", "ensemble_size.csv", "ensemble_size.png", "results_table.md", "results_table.csv"):
+    for name in ENSEMBLE_OUTPUTS:
         assert (run / "ensemble" / name).is_file(), name
+        assert name in printed  # the printed list of outputs names every file the step wrote
+    assert "reference_per_fold.png" in printed
     assert main(["-q", "ensemble", "--run", str(run), "--no-latency", "--draws", "3", *extra]) == 0
     assert "up to date" in capsys.readouterr().out
 
