@@ -8,6 +8,7 @@ Layout of ``out_dir``::
 
     cubes/<nodule_id>.npy          float32 (32, 32, 32), (x, y, z) order, values in [0, 1]
     manifest.csv                   one row per nodule (nodule_id, ..., image, label, fold, x_mm, y_mm, z_mm, ...)
+    cohort.csv                     the cohort rows rendered, readers' ratings included (the ratings ceiling reads them)
     datalist.json                  MONAI-style list of {"image", "label", "fold", "nodule_id"}
     embedded.json                  the parameters and a summary of the last run
     scans/dicom/<series_uid>/      whole synthetic scans as DICOM CT series
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
+from naslung.pipeline.cohort import load_default_cohort, write_cohort_csv
 from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress
@@ -47,11 +49,13 @@ from naslung.pipeline.synthetic_ct import (
 
 __all__ = [
     "CUBE_SIZE",
+    "COHORT_FILE",
     "MANIFEST_FIELDS",
     "LUNA16_ANNOTATION_FIELDS",
     "TRUTH_FIELDS",
     "render_embedded",
     "render_cube",
+    "write_rendered_cohort",
     "select_scans",
     "cube_path",
 ]
@@ -61,6 +65,9 @@ logger = logging.getLogger(__name__)
 #: Edge of the nodule cubes in voxels (1 mm spacing), as in the paper.
 CUBE_SIZE = 32
 MANIFEST_FIELDS = list(MANIFEST_FIELD_ORDER)
+#: The cohort rows a data set was rendered from, beside its manifest (where
+#: :func:`naslung.pipeline.reference_models.load_reference_data` looks for the readers' ratings).
+COHORT_FILE = "cohort.csv"
 LUNA16_ANNOTATION_FIELDS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 TRUTH_FIELDS = [
     "nodule_id",
@@ -98,6 +105,23 @@ def render_cube(row: Mapping[str, Any], seed: int = 0, size: int = CUBE_SIZE) ->
     hu, affine, centre_mm = render_nodule_region(row, size_mm=size + 8.0, seed=seed)
     cube = sample_cube_hu(hu, affine, centre_mm, size=size, spacing_mm=1.0)
     return np.asarray(hu_to_unit(cube), dtype=np.float32)
+
+
+def write_rendered_cohort(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the cohort rows a data set is rendered from to ``out_dir/cohort.csv``, atomically.
+
+    Every column of the rows is kept, the readers' ratings (``subtlety`` ... ``malignancy``, ``;``-joined) included,
+    so the data folder carries the ratings of its own nodules: the ratings ceiling of
+    :mod:`naslung.pipeline.reference_models` reads them from here rather than from whatever cohort is packaged.
+
+    Args:
+        out_dir: the data set folder.
+        rows: the cohort rows, in manifest order.
+
+    Returns:
+        the path written.
+    """
+    return write_cohort_csv(rows, Path(out_dir) / COHORT_FILE)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -241,7 +265,8 @@ def render_embedded(
 
     Returns:
         a summary: counts (``n_nodules``, ``n_rendered``, ``n_skipped``), ``seconds`` (wall time),
-        ``render_seconds`` (wall time of the rendering tasks), ``scans`` (their frames) and the written paths.
+        ``render_seconds`` (wall time of the rendering tasks), ``scans`` (their frames) and the written paths
+        (``manifest``, ``datalist``, ``cohort``: the rows rendered, see :func:`write_rendered_cohort`).
 
     Raises:
         DataError: duplicate nodule ids, a row the renderer cannot use, or ``out_dir`` holding cubes without
@@ -250,8 +275,6 @@ def render_embedded(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rows is None:
-        from naslung.pipeline.cohort import load_default_cohort
-
         rows = load_default_cohort()
     rows = list(rows)
     ids = [str(r["nodule_id"]) for r in rows]
@@ -336,6 +359,7 @@ def render_embedded(
         {"image": m["image"], "label": m["label"], "fold": m["fold"], "nodule_id": m["nodule_id"]} for m in manifest
     ]
     write_json(out / "datalist.json", datalist)
+    cohort_path = write_rendered_cohort(out, rows)
     annotations, truth = _scan_tables(scan_uids, by_series, frames)
     if scan_uids:
         write_csv(scans_dir / "annotations.csv", annotations, LUNA16_ANNOTATION_FIELDS)
@@ -354,6 +378,7 @@ def render_embedded(
         "workers": workers,
         "manifest": str(out / "manifest.csv"),
         "datalist": str(out / "datalist.json"),
+        "cohort": str(cohort_path),
     }
     write_json(summary_path, {"params": scan_params, "complete": True, "summary": summary})
     logger.info("embedded data set written to %s in %.1f s", out, seconds)

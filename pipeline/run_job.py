@@ -58,7 +58,8 @@ def load_profile(profile: str = "quick", config: str | os.PathLike | None = None
 def subsample_cohort(rows: Sequence[Mapping[str, Any]], n_nodules: int | None, seed: int = 0) -> list[dict]:
     """About ``n_nodules`` cohort rows drawn by whole patients, stratified by fold and label, deterministically.
 
-    ``None`` or a number at least the cohort's size returns every row.
+    ``None`` or a number at least the cohort's size returns every row. Rows are copied whole (every column, the
+    readers' ratings included).
     """
     rows = [dict(r) for r in rows]
     if n_nodules is None or n_nodules >= len(rows):
@@ -119,14 +120,17 @@ def _step_prepare(ctx: RunContext) -> str:
         summary = prepare_scans(ctx.data_kind, ctx.data, ctx.data_dir, progress=ctx.progress)
         return f"{summary.nodules} nodules from {summary.scans_found} scans ({summary.scans_rejected} rejected)"
     from naslung.pipeline.cohort import load_default_cohort
-    from naslung.pipeline.embedded import render_embedded
+    from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
     from naslung.pipeline.steps import fingerprint, is_done, mark_done
     from naslung.pipeline.synthetic_ct import RENDER_VERSION
 
+    # whole cohort rows (ratings included); render_embedded keeps them as RUN/data/cohort.csv for the ratings ceiling
     rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
     malignant = sum(int(r["label"]) for r in rows)
     digest = fingerprint(settings, [r["nodule_id"] for r in rows], {"render_version": RENDER_VERSION})
     if is_done(ctx.data_dir, digest):
+        if not (ctx.data_dir / COHORT_FILE).is_file():  # prepared before the data folder kept its cohort
+            write_rendered_cohort(ctx.data_dir, rows)
         return f"embedded data up to date: {len(rows)} nodules ({malignant} malignant)"
     summary = render_embedded(
         ctx.data_dir,

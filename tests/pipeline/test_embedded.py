@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from naslung.pipeline.cohort import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.embedded import (
+    COHORT_FILE,
     LUNA16_ANNOTATION_FIELDS,
     MANIFEST_FIELDS,
     cube_path,
@@ -19,6 +21,8 @@ from naslung.pipeline.embedded import (
     select_scans,
 )
 from naslung.pipeline.errors import DataError
+from naslung.pipeline.reference_models import CEILING_RATINGS, load_reference_data
+from naslung.pipeline.run_job import RunContext, _step_prepare, subsample_cohort
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,6 +93,12 @@ def test_render_embedded_writes_dataset_and_resumes(tmp_path):
     datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [d["label"] for d in datalist] == [int(float(r["label"])) for r in rows]
     assert set(datalist[0]) == {"image", "label", "fold", "nodule_id"}
+    # the rows rendered, ratings included, are kept beside the manifest; the ratings ceiling reads them from there
+    assert summary["cohort"] == str(out / COHORT_FILE)
+    assert read_cohort_csv(out / COHORT_FILE) == [dict(r) for r in rows]
+    reference = load_reference_data(out)
+    assert reference.ratings_source == str(out / COHORT_FILE)
+    assert reference.ratings.shape == (3, len(CEILING_RATINGS))
 
     # resume: existing cubes are kept untouched, a missing one is rendered again with the same bytes
     first = cube_path(out, str(rows[0]["nodule_id"]))
@@ -150,3 +160,35 @@ def test_process_pool_gives_the_same_bytes(tmp_path):
     for row in rows:
         serial = cube_path(tmp_path / "serial", str(row["nodule_id"])).read_bytes()
         assert cube_path(tmp_path / "pool", str(row["nodule_id"])).read_bytes() == serial
+
+
+def test_subsample_keeps_every_column_of_the_rows_it_draws():
+    """The quick profile's subsample carries the readers' ratings through to the data folder's cohort.csv."""
+    rows = _cohort()
+    drawn = subsample_cohort(rows, 60, seed=3)
+    assert 0 < len(drawn) < len(rows)
+    by_id = {str(r["nodule_id"]): r for r in rows}
+    assert all(row == by_id[str(row["nodule_id"])] for row in drawn)
+    assert all(row[name] not in (None, "") for row in drawn for name in CHARACTERISTICS)
+
+
+def test_prepare_step_writes_the_rendered_cohort_and_restores_it(tmp_path, monkeypatch):
+    """``naslung run``'s embedded prepare step leaves RUN/data/cohort.csv; a run prepared without one gets it back."""
+    import naslung.pipeline.cohort as cohort
+
+    rows = [dict(r) for r in _few_rows()]
+    monkeypatch.setattr(cohort, "load_default_cohort", lambda: [dict(r) for r in rows])
+    ctx = RunContext(run_dir=tmp_path, settings={"prepare": {"scans": 0, "workers": 1, "seed": 0}})
+    _step_prepare(ctx)
+    written = tmp_path / "data" / COHORT_FILE
+    kept = sorted(read_cohort_csv(written), key=lambda r: str(r["nodule_id"]))
+    assert kept == sorted(rows, key=lambda r: str(r["nodule_id"]))
+    assert load_reference_data(tmp_path / "data").ratings_source == str(written)
+
+    cube = cube_path(tmp_path / "data", str(rows[0]["nodule_id"]))
+    cube_mtime = cube.stat().st_mtime_ns
+    written.unlink()  # as in a run prepared before the data folder kept its cohort
+    assert "up to date" in _step_prepare(ctx)
+    assert cube.stat().st_mtime_ns == cube_mtime  # not rendered again
+    assert sorted(read_cohort_csv(written), key=lambda r: str(r["nodule_id"])) == kept
+    assert not [p for p in (tmp_path / "data").iterdir() if ".tmp" in p.name]
