@@ -14,6 +14,12 @@ crop and flips themselves) and with a ``ThreadDataLoader`` (the next batch made 
 (``GET_BATCH_STARTED`` to ``ITERATION_COMPLETED``). The first epoch is a warm-up and is not reported. Printed:
 training samples per second (over the epochs' wall time) and the data-wait share of step time (goal: under 5%).
 
+First, the training-path table (``--path-specs``, default Model-1; ``--rounds`` alternated runs of each): the path
+before this table existed (one job with all torch threads, float32), the same with bfloat16 autocast, and two
+single-thread jobs at once (float32 and bf16), as ``naslung run``'s ``train.parallel`` trains (network, fold) jobs;
+each path's median samples/s and its ratio to the first (goal for Model-1: >= 2x) are printed and written to
+``benchmarks/results/train_step.json``.
+
 ``--learning-check`` then trains Model-1 with A-Softmax (the packaged training config) with one fold held out and
 prints its test accuracy and AUC beside a chance classifier's (always the majority class of the training folds;
 AUC 0.5) with a one-sided binomial p-value. ``--data DIR`` uses a prepared data set (``DIR/manifest.csv``, e.g. from
@@ -36,12 +42,18 @@ from ignite.engine import Events
 from ignite.handlers import Timer
 from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.engines import SupervisedTrainer
+from monai.inferers import SimpleInferer
 from monai.utils import set_determinism
 
 from naslung.networks import build_loss, build_network, count_parameters
+from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.inferers import AutocastInferer, cpu_bf16_supported
 from naslung.transforms import train_transforms
 
-__all__ = ["main", "make_cubes", "bench_loader", "packaged_loader"]
+__all__ = ["main", "make_cubes", "bench_loader", "bench_paths", "packaged_loader"]
+
+#: Where the side-by-side comparison of the training step's precision is written.
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "train_step.json"
 
 PAPER_MODEL_1 = "[4,4,[4,4],[4,8],[8,8]]"
 SPEC_2M = "[4,4,[16,32],[64,64],[128,128]]"  # 2,010,569 parameters with the angular head
@@ -89,14 +101,17 @@ def bench_loader(
     epochs: int,
     thread: bool = False,
     track_meta: bool = False,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Train ``spec`` for ``epochs`` epochs; return samples/s and the data-wait share of the epochs after the first.
 
     ``thread``: load with MONAI's ``ThreadDataLoader`` (one batch prefetched in a background thread);
-    ``track_meta``: run the transforms on MetaTensors (``train_transforms(track_meta=True)``).
+    ``track_meta``: run the transforms on MetaTensors (``train_transforms(track_meta=True)``);
+    ``bf16``: the forward pass under bfloat16 autocast (:class:`~naslung.pipeline.inferers.AutocastInferer`).
+    Weights are channels-last (``channels_last_3d``) as in the packaged training config.
     """
     set_determinism(seed=0)
-    network = build_network(spec, head="angular")
+    network = build_network(spec, head="angular").to(memory_format=torch.channels_last_3d)
     transform = train_transforms(track_meta=track_meta)
     start = time.perf_counter()
     dataset = (
@@ -114,6 +129,7 @@ def bench_loader(
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), 2e-4, betas=(0.5, 0.999)),
         loss_function=build_loss("asoftmax"),
+        inferer=AutocastInferer("cpu", "bfloat16", enabled=True) if bf16 else SimpleInferer(),
     )
     data_timer, step_timer, epoch_timer = Timer(), Timer(), Timer()
     data_timer.attach(
@@ -140,6 +156,55 @@ def bench_loader(
         "data_fraction": data_s / step_s,
         "step_ms": 1e3 * step_s / (samples / batch_size),
         "cache_s": cache_s,
+    }
+
+
+def _single_thread_run(args: tuple) -> dict[str, float]:
+    """Body of one parallel training job: one torch thread, then :func:`bench_loader` (a picklable top-level)."""
+    spec, items, batch_size, epochs, bf16 = args
+    torch.set_num_threads(1)
+    return bench_loader(spec, items, True, 0, batch_size, epochs, bf16=bf16)
+
+
+#: The training paths compared side by side: (name, parallel single-thread jobs or 0 for one job, bf16 autocast).
+TRAINING_PATHS = (
+    ("1 job, all threads, float32 (before)", 0, False),
+    ("1 job, all threads, bf16 autocast", 0, True),
+    ("2 jobs x 1 thread, float32", 2, False),
+    ("2 jobs x 1 thread, bf16 autocast", 2, True),
+)
+
+
+def bench_paths(spec: str, items: list[dict], batch_size: int, epochs: int, rounds: int) -> dict[str, object]:
+    """Training samples/s of Model-1's paths of :data:`TRAINING_PATHS`, alternated ``rounds`` times each.
+
+    All use the packaged config's data path (``CacheDataset`` + ``DataLoader``, no workers), channels-last weights
+    and the same batch size. "2 jobs" runs two trainings at once in two processes with one torch thread each, as
+    ``naslung run``'s ``train.parallel`` does with (network, fold) jobs; its samples/s is the sum of both jobs'
+    (aggregate throughput, what buys epochs), each job's own rate is half of it. Alternating the paths keeps a busy
+    machine's slow spells from favouring one. Returns every run, the medians and each median's ratio to the first
+    path's.
+    """
+    import multiprocessing
+
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in TRAINING_PATHS}
+    context = multiprocessing.get_context("spawn")
+    for _ in range(rounds):
+        for name, jobs, bf16 in TRAINING_PATHS:
+            if jobs:
+                with context.Pool(jobs) as pool:
+                    rows = pool.map(_single_thread_run, [(spec, items, batch_size, epochs, bf16)] * jobs)
+                runs[name].append(sum(row["samples_per_s"] for row in rows))
+            else:
+                runs[name].append(bench_loader(spec, items, True, 0, batch_size, epochs, bf16=bf16)["samples_per_s"])
+    medians = {name: float(np.median(values)) for name, values in runs.items()}
+    before = medians[TRAINING_PATHS[0][0]]
+    return {
+        "spec": spec,
+        "batch_size": batch_size,
+        "runs_samples_per_s": runs,
+        "median_samples_per_s": medians,
+        "ratio_to_before": {name: value / before for name, value in medians.items()},
     }
 
 
@@ -208,14 +273,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    parser.add_argument("--specs", nargs="+", default=[PAPER_MODEL_1, SPEC_2M])
+    parser.add_argument("--specs", nargs="+", default=[PAPER_MODEL_1, SPEC_2M], help="specs of the loader table")
+    parser.add_argument("--path-specs", nargs="+", default=[PAPER_MODEL_1], help="specs of the training-path table")
     parser.add_argument("--learning-check", action="store_true", help="also train Model-1 and compare with chance")
     parser.add_argument("--data", help="prepared data folder (manifest.csv) for the learning check")
     parser.add_argument("--check-fold", type=int, default=1)
     parser.add_argument("--check-epochs", type=int, default=10)
     parser.add_argument("--check-cubes", type=int, default=200)
     parser.add_argument("--check-lr", type=float, help="learning rate of the check (default: the training config's)")
-    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the loader table")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated runs of each training path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -225,7 +292,30 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        items = [] if args.no_throughput else make_cubes(scratch / "cubes", args.cubes)
+        items = make_cubes(scratch / "cubes", args.cubes)
+        print(
+            f"\ntraining paths of the same batch size (CPU bf16 native: {cpu_bf16_supported()}), {args.rounds} "
+            "alternated runs each, median samples/s (2 jobs: both jobs' samples/s added up):"
+        )
+        paths = []
+        for spec in args.path_specs:
+            row = bench_paths(spec, items, args.batch_size, args.epochs, args.rounds)
+            paths.append(row)
+            for name, value in row["median_samples_per_s"].items():
+                ratio = row["ratio_to_before"][name]
+                print(f"  {spec:<34} {name:<38} {value:>7.1f} samples/s  ratio {ratio:.2f}x")
+        write_json(
+            RESULTS_FILE,
+            {
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "epochs_per_run": args.epochs,
+                "cubes": args.cubes,
+                "paths": paths,
+            },
+        )
+        print(f"  written to {RESULTS_FILE}")
         header = f"{'spec':<34} {'params':>10} {'dataset':<13} {'loader':<18} {'workers':>7} {'samples/s':>10}"
         if not args.no_throughput:
             print(header + f" {'ms/step':>9} {'data wait':>10} {'cache s':>8}")

@@ -144,8 +144,13 @@ def _step_prepare(ctx: RunContext) -> str:
     return f"embedded data: {len(rows)} nodules ({malignant} malignant), {summary.get('n_scans', '?')} whole scans"
 
 
+#: Keys of a profile's ``train`` section that steer the step rather than the training config.
+_TRAIN_STEP_KEYS = ("parallel",)
+
+
 def _train_overrides(ctx: RunContext) -> dict[str, Any]:
-    return {k: v for k, v in ctx.settings["train"].items() if not k.startswith("_")}
+    """The profile's ``train`` section as training-config overrides (``folds`` included, step keys left out)."""
+    return {k: v for k, v in ctx.settings["train"].items() if not k.startswith("_") and k not in _TRAIN_STEP_KEYS}
 
 
 def _step_search(ctx: RunContext) -> str:
@@ -181,6 +186,36 @@ def _selected_specs(ctx: RunContext) -> list[str]:
     return specs
 
 
+def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel: Mapping[str, Any]) -> None:
+    """Train (network, fold) jobs on the search's executor: the profile's ``train.parallel`` section.
+
+    ``{"executor": "ray", "workers": 2, "threads_per_job": 1}`` runs two single-thread jobs at a time (Ray, or one
+    after another when Ray is missing). Small 3D networks use a second torch thread poorly, so on a 2-core CPU two
+    single-thread jobs train more cubes per second than one job with two threads. Each job writes only its own
+    fold folder; finished folds are skipped on a re-run.
+
+    Raises:
+        ConfigError: an unknown key in ``parallel``.
+    """
+    from naslung.pipeline.search.executors import make_executor
+    from naslung.pipeline.training import train_fold_job
+
+    unknown = sorted(set(parallel) - {"executor", "workers", "threads_per_job", "ray_address"})
+    if unknown:
+        raise ConfigError(
+            f"train.parallel: unknown keys {unknown}; known: executor, workers, threads_per_job, ray_address"
+        )
+    executor = make_executor(
+        str(parallel.get("executor", "ray")),
+        workers=parallel.get("workers"),
+        address=parallel.get("ray_address"),
+        threads_per_trial=parallel.get("threads_per_job"),
+    )
+    with executor:
+        for _ in ctx.progress(executor.map(train_fold_job, jobs), total=len(jobs), desc="retrain jobs"):
+            pass
+
+
 def _step_train(ctx: RunContext) -> str:
     from naslung.pipeline.datalists import read_manifest
     from naslung.pipeline.training import spec_slug, train_folds
@@ -188,8 +223,22 @@ def _step_train(ctx: RunContext) -> str:
     datalist = read_manifest(ctx.data_dir / "manifest.csv")
     overrides = _train_overrides(ctx)
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
+    parallel = ctx.settings["train"].get("parallel")
+    specs = _selected_specs(ctx)
+    jobs = [
+        {
+            "datalist": datalist,
+            "test_fold": fold,
+            "out_dir": str(ctx.run_dir / "train" / spec_slug(spec)),
+            "overrides": {**overrides, "arch": spec, "loss_name": "asoftmax"},
+        }
+        for spec in specs
+        for fold in folds
+    ]
+    if parallel:
+        _run_jobs_in_parallel(ctx, jobs, parallel)
     f1 = []
-    for spec in ctx.progress(_selected_specs(ctx), desc="retrain"):
+    for spec in ctx.progress(specs, desc="retrain"):  # after a parallel run, only collects the finished folds
         result = train_folds(
             datalist,
             folds,
@@ -250,7 +299,10 @@ def _step_evaluate(ctx: RunContext) -> str:
 
     train = _train_overrides(ctx)
     folds = train.pop("folds", None)
-    overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **ctx.settings["evaluate"]}
+    evaluate = dict(ctx.settings["evaluate"])
+    # the profile's evaluate.train_overrides refine the train section (e.g. fewer epochs), never replace it
+    train.update(evaluate.pop("train_overrides", {}))
+    overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **evaluate}
     result = run_evaluate_step(ctx.run_dir, overrides=overrides, progress=ctx.progress)
     figures = [name for name in result.get("outputs", []) if str(name).endswith(".png")]
     return f"{', '.join(result.get('analyses', []))} of {result.get('specs')}: {len(figures)} figures"

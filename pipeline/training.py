@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "load_train_config",
     "train_fold",
     "train_folds",
+    "train_fold_job",
     "predict",
     "fold_dir_name",
     "spec_slug",
@@ -325,6 +326,16 @@ def train_fold(
     write_json(fold_dir / "metrics.json", result)
     mark_done(fold_dir, digest, outputs, {k: result[k] for k in ("val", "best_epoch") if k in result})
     return result
+
+
+def train_fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`train_fold` for one (network, held-out fold) job given as a picklable mapping, for an executor.
+
+    ``job`` holds ``datalist``, ``test_fold``, ``out_dir`` and optionally ``config`` and ``overrides``; each job
+    writes only its own ``out_dir/fold_<k>/`` and resumes on its own, so jobs can run in parallel (e.g. Ray tasks
+    of :func:`naslung.pipeline.search.executors.make_executor`) and a re-run redoes only unfinished folds.
+    """
+    return train_fold(job["datalist"], job["test_fold"], job["out_dir"], job.get("config"), job.get("overrides"))
 
 
 def train_folds(

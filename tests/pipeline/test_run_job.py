@@ -75,7 +75,13 @@ def test_tiny_run_killed_then_resumed(tmp_path, monkeypatch, capsys):
 
 def test_profiles_and_unknown_section(tmp_path):
     assert load_profile("quick")["train"]["folds"] == [0, 1]
-    assert load_profile("paper")["train"]["max_epochs"] == 700
+    standard = load_profile("standard")
+    assert standard["train"]["folds"] == [0, 1, 2, 3, 4] and standard["prepare"]["subsample_nodules"] is None
+    paper = load_profile("paper")
+    assert paper["train"]["max_epochs"] == 700
+    # the paper profile keeps the paper's recipe whatever the training config's defaults
+    assert (paper["train"]["lr_schedule"], paper["train"]["rotate90_prob"]) == ("constant", 0.0)
+    assert paper["train"]["lambda_floor_fraction"] is None
     bad = tmp_path / "bad.json"
     bad.write_text('{"trian": {}}', encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown section 'trian'"):
@@ -117,3 +123,37 @@ def test_prepare_step_is_stale_after_a_renderer_version_change(tmp_path, monkeyp
     monkeypatch.setattr(synthetic_ct, "RENDER_VERSION", synthetic_ct.RENDER_VERSION + 1)
     _step_prepare(ctx)
     assert len(calls) == 2  # stale: rendered again
+
+
+def test_parallel_retraining_runs_every_network_fold_job(tmp_path, monkeypatch):
+    from naslung.pipeline import training
+    from naslung.pipeline.run_job import RunContext, _run_jobs_in_parallel
+
+    seen = []
+    monkeypatch.setattr(training, "train_fold_job", lambda job: seen.append((job["out_dir"], job["test_fold"])))
+    jobs = [{"out_dir": name, "test_fold": fold} for name in ("a", "b") for fold in (0, 1)]
+    ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
+    _run_jobs_in_parallel(ctx, jobs, {"executor": "sequential", "threads_per_job": 1})
+    assert sorted(seen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    with pytest.raises(ConfigError, match="unknown keys \\['threads'\\]"):
+        _run_jobs_in_parallel(ctx, jobs, {"threads": 1})
+
+
+def test_evaluate_train_overrides_refine_the_train_section(tmp_path, monkeypatch):
+    from naslung.pipeline import analysis
+    from naslung.pipeline.run_job import RunContext, _step_evaluate
+
+    seen = {}
+
+    def fake_evaluate(run_dir, overrides, progress):
+        seen.update(overrides)
+        return {"analyses": [], "specs": [], "outputs": []}
+
+    monkeypatch.setattr(analysis, "run_evaluate_step", fake_evaluate)
+    settings = {
+        "train": {"lr": 0.002, "max_epochs": 10, "folds": [0, 1], "parallel": {"workers": 2}},
+        "evaluate": {"folds": [0], "train_overrides": {"max_epochs": 2}},
+    }
+    _step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
+    assert seen["train_overrides"] == {"lr": 0.002, "max_epochs": 2}  # lr kept, epochs refined, no step keys
+    assert seen["folds"] == [0]

@@ -1,0 +1,175 @@
+"""Training-recipe experiments on validation folds only: train on folds 0-7, validate on folds 8-9 each epoch.
+
+Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax] [--epochs 12]
+[--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]`` on a prepared data set
+(``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
+(0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
+in memory and augmented in torch (pad to 36, random 32 crop, flips, quarter turns), with the pipeline's networks and
+losses (``naslung.networks``). Beside each run it prints the diameter rule fitted on folds 0-7 and scored on folds 8-9.
+Writes ``benchmarks/results/recipe/NAME.json`` (arguments, per-epoch validation accuracy/AUC, mean of the last 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from naslung.networks import build_loss, build_network
+
+p = argparse.ArgumentParser()
+p.add_argument("--data", required=True)
+p.add_argument("--spec", default="[4,4,[4,4],[4,8],[8,8]]")
+p.add_argument("--loss", default="asoftmax")
+p.add_argument("--epochs", type=int, default=20)
+p.add_argument("--bs", type=int, default=16)
+p.add_argument("--lr", type=float, default=2e-3)
+p.add_argument("--sched", default="none")  # none|cosine|onecycle
+p.add_argument("--opt", default="adam")
+p.add_argument("--wd", type=float, default=0.0)
+p.add_argument("--rot", type=int, default=0)
+p.add_argument("--balance", type=int, default=0)
+p.add_argument("--lam_frac", type=float, default=0.0)  # 0: default schedule; else reach floor at this fraction of iters
+p.add_argument("--bf16", type=int, default=0)
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--val_folds", default="8,9")
+p.add_argument("--name", required=True)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(a.seed)
+rng = np.random.default_rng(a.seed)
+rows = list(csv.DictReader(open(Path(a.data) / "manifest.csv")))
+vf = {int(f) for f in a.val_folds.split(",")}
+cubes = np.stack([np.load(Path(a.data) / r["image"]) for r in rows]).astype(np.float32)
+labels = np.array([int(r["label"]) for r in rows])
+folds = np.array([int(r["fold"]) for r in rows])
+diam = np.array([float(r["diameter_mm"]) for r in rows])
+tr = np.where(~np.isin(folds, list(vf)))[0]
+va = np.where(np.isin(folds, list(vf)))[0]
+X = torch.from_numpy(cubes)[:, None]
+Y = torch.from_numpy(labels)
+# diameter rule on val
+ts = np.unique(diam[tr])
+accs = [((diam[tr] > t) == labels[tr]).mean() for t in ts]
+t = ts[int(np.argmax(accs))]
+ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": float(roc_auc_score(labels[va], diam[va]))}
+print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
+net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear").to(
+    memory_format=torch.channels_last_3d
+)
+steps_per_epoch = math.ceil(len(tr) / a.bs)
+total = steps_per_epoch * a.epochs
+kw = {}
+if a.loss == "asoftmax" and a.lam_frac > 0:
+    kw = dict(gamma=(1500 / 5 - 1) / (a.lam_frac * total))
+loss_fn = build_loss(a.loss, **kw)
+if a.opt == "adam":
+    opt = (
+        torch.optim.AdamW(net.parameters(), a.lr, betas=(0.9, 0.999), weight_decay=a.wd)
+        if a.wd
+        else torch.optim.Adam(net.parameters(), a.lr, betas=(0.5, 0.999))
+    )
+else:
+    opt = torch.optim.SGD(net.parameters(), a.lr, momentum=0.9, weight_decay=a.wd, nesterov=True)
+if a.sched == "cosine":
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, a.lr, total_steps=total, pct_start=0.05, anneal_strategy="cos", cycle_momentum=False
+    )
+elif a.sched == "onecycle":
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=total, pct_start=0.3, cycle_momentum=False)
+else:
+    sched = None
+
+
+def augment(x):
+    B = x.shape[0]
+    x = F.pad(x, (2, 2, 2, 2, 2, 2))
+    out = torch.empty(B, 1, 32, 32, 32)
+    for i in range(B):
+        o = rng.integers(0, 5, 3)
+        c = x[i, :, o[0] : o[0] + 32, o[1] : o[1] + 32, o[2] : o[2] + 32]
+        for ax in range(3):
+            if rng.random() < 0.5:
+                c = c.flip(ax + 1)
+        if a.rot:
+            k = rng.integers(0, 4)
+            axes = [(1, 2), (1, 3), (2, 3)][rng.integers(0, 3)]
+            c = torch.rot90(c, int(k), axes)
+        out[i] = c
+    return out.contiguous(memory_format=torch.channels_last_3d)
+
+
+def evaluate():
+    net.eval()
+    probs = []
+    with torch.no_grad():
+        for s in range(0, len(va), 64):
+            xb = X[va[s : s + 64]].contiguous(memory_format=torch.channels_last_3d)
+            probs.append(torch.softmax(net(xb).float(), 1)[:, 1])
+    net.train()
+    pr = torch.cat(probs).numpy()
+    return {
+        "val_acc": float(((pr > 0.5) == labels[va]).mean()),
+        "val_auc": float(roc_auc_score(labels[va], pr)),
+        "val_pos_rate": float((pr > 0.5).mean()),
+    }
+
+
+hist = []
+t0 = time.time()
+for ep in range(a.epochs):
+    if a.balance:
+        w = np.where(labels[tr] == 1, 1 / labels[tr].mean(), 1 / (1 - labels[tr].mean()))
+        w /= w.sum()
+        order = rng.choice(tr, len(tr), p=w)
+    else:
+        order = rng.permutation(tr)
+    losses = []
+    for s in range(0, len(order), a.bs):
+        idx = order[s : s + a.bs]
+        if len(idx) < 2:
+            continue
+        xb = augment(X[idx])
+        yb = Y[idx]
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+            out = net(xb)
+        loss = loss_fn(out.float(), yb)
+        loss.backward()
+        opt.step()
+        if sched:
+            sched.step()
+        losses.append(float(loss.detach()))
+    m = evaluate()
+    m.update(
+        epoch=ep + 1,
+        loss=float(np.mean(losses)),
+        s=time.time() - t0,
+        lam=getattr(loss_fn, "current_lambda", None),
+        lr=opt.param_groups[0]["lr"],
+    )
+    hist.append(m)
+    print(json.dumps(m), flush=True)
+best = max(hist, key=lambda h: h["val_auc"])
+res = {
+    "args": vars(a),
+    "ref": ref,
+    "final": hist[-1],
+    "best_auc_epoch": best,
+    "history": hist,
+    "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
+    "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
+}
+out = Path(__file__).resolve().parents[1] / "results" / "recipe" / f"{a.name}.json"
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps(res, indent=1), encoding="utf-8")
+print("DONE", a.name, "last5 acc {:.3f} auc {:.3f}".format(res["last5_acc"], res["last5_auc"]), flush=True)
