@@ -1,7 +1,8 @@
 """Training-recipe experiments on validation folds only: train on folds 0-7, validate on folds 8-9 each epoch.
 
-Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax] [--epochs 12]
-[--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]`` on a prepared data set
+Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax]
+[--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]``
+on a prepared data set
 (``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
 (0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
 in memory and augmented in torch (pad to 36, random 32 crop, flips, quarter turns), with the pipeline's networks and
