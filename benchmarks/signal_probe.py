@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
+from naslung.pipeline.reference_models import CEILING_RATINGS
+
 __all__ = [
     "RATINGS",
     "RENDERED_RATINGS",
@@ -46,17 +48,8 @@ __all__ = [
     "main",
 ]
 
-#: The eight LIDC characteristics other than malignancy, in pylidc's order.
-RATINGS = (
-    "subtlety",
-    "internalStructure",
-    "calcification",
-    "sphericity",
-    "margin",
-    "lobulation",
-    "spiculation",
-    "texture",
-)
+#: The eight LIDC characteristics other than malignancy, in pylidc's order: the ratings ceiling's inputs.
+RATINGS = CEILING_RATINGS
 #: The ratings that drive each version of the synthetic renderer (``naslung.pipeline.synthetic_ct.RENDER_VERSION``);
 #: sphericity is drawn by the readers' contours in every version.
 RENDERED_RATINGS: dict[int, tuple[str, ...]] = {
