@@ -225,12 +225,13 @@ def _step_train(ctx: RunContext) -> str:
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
     parallel = ctx.settings["train"].get("parallel")
     specs = _selected_specs(ctx)
+    per_network = {spec: {**overrides, "arch": spec, "loss_name": "asoftmax"} for spec in specs}
     jobs = [
         {
             "datalist": datalist,
             "test_fold": fold,
             "out_dir": str(ctx.run_dir / "train" / spec_slug(spec)),
-            "overrides": {**overrides, "arch": spec, "loss_name": "asoftmax"},
+            "overrides": per_network[spec],
         }
         for spec in specs
         for fold in folds
@@ -243,7 +244,7 @@ def _step_train(ctx: RunContext) -> str:
             datalist,
             folds,
             ctx.run_dir / "train" / spec_slug(spec),
-            overrides={**overrides, "arch": spec, "loss_name": "asoftmax"},
+            overrides=per_network[spec],
             show_progress=ctx.show_progress,
         )
         f1.append(result["summary"].get("f1_mean", float("nan")))
