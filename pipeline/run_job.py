@@ -197,7 +197,7 @@ def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel:
     Raises:
         ConfigError: an unknown key in ``parallel``.
     """
-    from naslung.pipeline.search.executors import make_executor
+    from naslung.pipeline.search.executors import make_executor, ray_available
     from naslung.pipeline.training import train_fold_job
 
     unknown = sorted(set(parallel) - {"executor", "workers", "threads_per_job", "ray_address"})
@@ -205,6 +205,10 @@ def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel:
         raise ConfigError(
             f"train.parallel: unknown keys {unknown}; known: executor, workers, threads_per_job, ray_address"
         )
+    if parallel.get("executor", "ray") == "ray" and not parallel.get("ray_address") and not ray_available():
+        # one job at a time with a single thread would be slower than the plain loop with all threads
+        logger.warning("train.parallel: Ray is not installed (pip install 'naslung[ray]'); training one job at a time")
+        return
     executor = make_executor(
         str(parallel.get("executor", "ray")),
         workers=parallel.get("workers"),

@@ -157,3 +157,16 @@ def test_evaluate_train_overrides_refine_the_train_section(tmp_path, monkeypatch
     _step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
     assert seen["train_overrides"] == {"lr": 0.002, "max_epochs": 2}  # lr kept, epochs refined, no step keys
     assert seen["folds"] == [0]
+
+
+def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_path, monkeypatch):
+    from naslung.pipeline import training
+    from naslung.pipeline.run_job import RunContext, _run_jobs_in_parallel
+    from naslung.pipeline.search import executors
+
+    seen = []
+    monkeypatch.setattr(training, "train_fold_job", lambda job: seen.append(job))
+    monkeypatch.setattr(executors, "ray_available", lambda: False)
+    ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
+    _run_jobs_in_parallel(ctx, [{"out_dir": "a", "test_fold": 0}], {"executor": "ray", "threads_per_job": 1})
+    assert seen == []  # the step's own loop trains them with the configured threads
