@@ -371,9 +371,11 @@ def _bundles(run: Path) -> str:
             f"--bundle_root {bundle} --datalist DATALIST.json --output_dir OUT`"
         )
     smoke = _read_json(root / "smoke.json")
-    if smoke:
+    for check in (smoke or {}).get("bundles", []):
         lines.append(
-            f"- smoke check of the exported inference bundle: {smoke.get('status')} ({smoke.get('detail', '')})"
+            f"- smoke check of `{Path(str(check.get('bundle', '?'))).name}` run without naslung on "
+            f"{check.get('n', '?')} cubes: **{check.get('status')}** (largest probability difference from naslung's "
+            f"{float(check.get('max_abs_difference', float('nan'))):.1e})"
         )
     return "\n".join(lines) + "\n"
 

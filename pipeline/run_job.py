@@ -335,12 +335,15 @@ def _step_export(ctx: RunContext) -> str:
 def _step_smoke(ctx: RunContext) -> str:
     from naslung.pipeline.bundle_export import smoke_test_bundle
 
-    bundles = sorted((ctx.run_dir / "bundles").glob("*/configs/inference.json"))
+    bundles = [path.parent.parent for path in sorted((ctx.run_dir / "bundles").glob("*/configs/inference.json"))]
     if not bundles:
         raise NaslungError(f"{ctx.run_dir / 'bundles'}: no bundle to check; run `naslung export-bundle`")
-    result = smoke_test_bundle(bundles[0].parent.parent, ctx.data_dir)
-    write_json(ctx.run_dir / "bundles" / "smoke.json", result)
-    return f"inference bundle {bundles[0].parent.parent.name}: {result.get('status')}"
+    results = [smoke_test_bundle(bundle, ctx.data_dir) for bundle in bundles]  # every bundle, the ensemble too
+    status = "ok" if all(r.get("status") == "ok" for r in results) else "failed"
+    write_json(ctx.run_dir / "bundles" / "smoke.json", {"status": status, "bundles": results})
+    return "inference bundles " + ", ".join(
+        f"{b.name}: {r.get('status')}" for b, r in zip(bundles, results, strict=True)
+    )
 
 
 #: The steps of ``naslung run`` in order: (name, function returning a one-line summary).

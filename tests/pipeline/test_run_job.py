@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,29 @@ def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_p
     ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
     _run_jobs_in_parallel(ctx, [{"out_dir": "a", "test_fold": 0}], {"executor": "ray", "threads_per_job": 1})
     assert seen == []  # the step's own loop trains them with the configured threads
+
+
+@pytest.mark.parametrize("statuses, expected", [[("ok", "ok"), "ok"], [("ok", "failed"), "failed"]])
+def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expected):
+    from naslung.pipeline import bundle_export
+    from naslung.pipeline.report import build_report
+    from naslung.pipeline.run_job import RunContext, _step_smoke
+
+    names = ("naslung_classifier", "naslung_ensemble")
+    for name in names:
+        (tmp_path / "bundles" / name / "configs").mkdir(parents=True)
+        for config in ("inference.json", "metadata.json"):
+            (tmp_path / "bundles" / name / "configs" / config).write_text("{}", encoding="utf-8")
+    outcome = dict(zip(names, statuses, strict=True))
+
+    def fake_smoke(bundle, data_dir):
+        return {"status": outcome[bundle.name], "bundle": str(bundle), "n": 4, "max_abs_difference": 1e-6}
+
+    monkeypatch.setattr(bundle_export, "smoke_test_bundle", fake_smoke)
+    line = _step_smoke(RunContext(run_dir=tmp_path, settings={}))
+    assert all(name in line for name in names)
+    record = json.loads((tmp_path / "bundles" / "smoke.json").read_text(encoding="utf-8"))
+    assert record["status"] == expected
+    assert [Path(r["bundle"]).name for r in record["bundles"]] == list(names)
+    report = build_report(tmp_path)[0].read_text(encoding="utf-8")
+    assert "smoke check of `naslung_ensemble`" in report
