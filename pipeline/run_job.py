@@ -291,11 +291,18 @@ def _step_baselines(ctx: RunContext) -> str:
     return f"{len(results)} baselines on folds {folds}; test F1: {f1}"
 
 
+#: Keys of a profile's ``ensemble`` section, the keyword arguments of ``run_ensemble_step``.
+_ENSEMBLE_KEYS = ("members", "sizes", "draws", "seed", "threshold", "latency")
+
+
 def _step_ensemble(ctx: RunContext) -> str:
     from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
 
-    settings = ctx.settings["ensemble"]
-    result = run_ensemble_step(ctx.run_dir, draws=int(settings.get("draws", 10)), progress=ctx.progress)
+    settings = {k: v for k, v in ctx.settings["ensemble"].items() if not k.startswith("_")}
+    unknown = sorted(set(settings) - set(_ENSEMBLE_KEYS))
+    if unknown:  # every key reaches the step; none is dropped silently
+        raise ConfigError(f"ensemble: unknown keys {unknown}; known: {list(_ENSEMBLE_KEYS)}")
+    result = run_ensemble_step(ctx.run_dir, **settings, progress=ctx.progress)
     return ensemble_headline(result)
 
 

@@ -197,3 +197,17 @@ def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expecte
     assert [Path(r["bundle"]).name for r in record["bundles"]] == list(names)
     report = build_report(tmp_path)[0].read_text(encoding="utf-8")
     assert "smoke check of `naslung_ensemble`" in report
+
+
+def test_ensemble_step_passes_every_profile_key_and_refuses_unknown_ones(tmp_path, monkeypatch):
+    from naslung.pipeline import ensemble_step
+    from naslung.pipeline.run_job import RunContext, _step_ensemble
+
+    seen = {}
+    monkeypatch.setattr(ensemble_step, "run_ensemble_step", lambda run_dir, progress, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(ensemble_step, "ensemble_headline", lambda result: "headline")
+    settings = {"ensemble": {"draws": 3, "seed": 7, "sizes": [1, 3], "threshold": 0.4, "latency": False}}
+    assert _step_ensemble(RunContext(run_dir=tmp_path, settings=settings)) == "headline"
+    assert seen == settings["ensemble"]
+    with pytest.raises(ConfigError, match="unknown keys \\['drawz'\\]"):
+        _step_ensemble(RunContext(run_dir=tmp_path, settings={"ensemble": {"drawz": 3}}))
