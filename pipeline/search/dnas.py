@@ -175,13 +175,31 @@ def _loader(items: Sequence[Mapping[str, Any]], batch_size: int, seed: int) -> A
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """torch, NumPy and Python RNG states as tensors and plain numbers, so the checkpoint loads ``weights_only``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+    }  # fmt: skip
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"].tolist()), python_state["gauss"]))
 
 
 def _uniform_latency(supernet: CBAMSupernet3D, table: Mapping[str, float]) -> float:
@@ -312,7 +330,7 @@ def run_dnas_search(
     records: list[dict[str, Any]] = []
     start_epoch = 0
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         supernet.load_state_dict(state["supernet"])
         weight_opt.load_state_dict(state["weight_opt"])
         arch_opt.load_state_dict(state["arch_opt"])
