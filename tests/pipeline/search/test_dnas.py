@@ -165,3 +165,19 @@ def test_cli_strategy_flag(resumed, cube_dir, tmp_path, capsys):
 def test_bad_strategy_config(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_search_config(None, overrides)
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from naslung.pipeline.search.dnas import _rng_state, _set_rng_state
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    np.random.normal()  # a cached Gaussian in NumPy's state
+    torch.save({"rng": _rng_state(), "records": [{"spec": "[4,4,[4],[4],[4]]", "loss": 0.5}]}, tmp_path / "s.pt")
+    expected = (random.random(), float(np.random.normal()), float(torch.rand(1)))
+    _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    assert (random.random(), float(np.random.normal()), float(torch.rand(1))) == expected
