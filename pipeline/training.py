@@ -24,7 +24,7 @@ from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.handlers import PredictionCollector
-from naslung.pipeline.metrics import binary_metrics
+from naslung.pipeline.metrics import BINARY_METRICS, binary_metrics
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
 __all__ = [
@@ -58,7 +58,8 @@ def load_train_config(
     Keys use MONAI's ``#`` id separator for nested entries (``"train#dataloader#num_workers": 2``).
 
     Raises:
-        ConfigError: the file is missing or unreadable, or an override names an unknown key.
+        ConfigError: the file is missing or unreadable, an override names an unknown key, or a recipe value is out
+            of range (``checkpoint_metric``, ``rotate90_prob``, ``lambda_floor_fraction``).
     """
     parser = ConfigParser(packaged_config(DEFAULT_TRAIN_CONFIG))
     if config is not None:
@@ -70,7 +71,32 @@ def load_train_config(
         if head not in parser.config:
             raise ConfigError(f"unknown config key {key!r}; known top-level keys: {sorted(parser.config)}")
         parser[key] = value
+    _check_recipe(parser.config, config)
     return parser.config
+
+
+def _check_recipe(merged: dict[str, Any], source: Any) -> None:
+    """Fail early, naming the key and the config, on recipe values the engines would only reject deep inside MONAI.
+
+    Raises:
+        ConfigError: ``checkpoint_metric`` not one of :data:`~naslung.pipeline.metrics.BINARY_METRICS`,
+            ``rotate90_prob`` outside [0, 1], or ``lambda_floor_fraction`` outside (0, 1] (``null`` allowed).
+    """
+    where = f" (config: {source})" if isinstance(source, (str, os.PathLike)) else ""
+
+    def literal(key: str, default: Any) -> Any:  # expressions ("$...") and references ("@...") are left to MONAI
+        value = merged.get(key, default)
+        return None if isinstance(value, str) and value[:1] in ("$", "@", "%") else value
+
+    metric = literal("checkpoint_metric", "auc")
+    if metric is not None and metric not in BINARY_METRICS:
+        raise ConfigError(f"checkpoint_metric {metric!r}{where}: use one of {BINARY_METRICS}")
+    rotate = literal("rotate90_prob", 0.0)
+    if rotate is not None and (not isinstance(rotate, (int, float)) or not 0.0 <= float(rotate) <= 1.0):
+        raise ConfigError(f"rotate90_prob {rotate!r}{where}: a probability in [0, 1]")
+    floor = literal("lambda_floor_fraction", None)
+    if floor is not None and (not isinstance(floor, (int, float)) or not 0.0 < float(floor) <= 1.0):
+        raise ConfigError(f"lambda_floor_fraction {floor!r}{where}: a fraction of the run in (0, 1], or null")
 
 
 LR_SCHEDULES = ("cosine", "step", "constant")

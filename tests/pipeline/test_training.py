@@ -205,3 +205,21 @@ def test_unknown_lr_schedule_is_a_config_error():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     with pytest.raises(ConfigError, match="lr_schedule"):
         build_lr_scheduler(optimizer, "exponential", 10)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        [{"checkpoint_metric": "loss"}, "checkpoint_metric 'loss'"],
+        [{"rotate90_prob": 1.5}, "rotate90_prob 1.5"],
+        [{"lambda_floor_fraction": 0.0}, "lambda_floor_fraction 0.0"],
+    ],
+)
+def test_out_of_range_recipe_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(overrides=overrides)
+
+
+def test_recipe_values_may_be_expressions():
+    merged = load_train_config(overrides={"rotate90_prob": "$0.25", "lambda_floor_fraction": None})
+    assert merged["rotate90_prob"] == "$0.25"
