@@ -14,10 +14,10 @@ from monai.utils import look_up_option
 
 from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
+from naslung.networks.errors import ConfigError
+from naslung.networks.heads import HEADS, classification_head
 from naslung.networks.initialisation import init_resnet_weights_
-from naslung.networks.losses import HEADS, classification_head
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
-from naslung.pipeline.errors import ConfigError
 
 __all__ = ["ATTENTION_OPTIONS", "STAGE_NAMES", "CBAMResNet3D"]
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from monai.utils import look_up_option
 
-from naslung.pipeline.errors import ConfigError
+from naslung.networks.errors import ConfigError
 
 __all__ = [
     "INFERENCE_BACKENDS",

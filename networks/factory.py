@@ -9,10 +9,10 @@ import torch.nn as nn
 from monai.networks.nets import DenseNet121, SEResNet50, resnet18, resnet50, resnet101
 
 from naslung.networks.cbam_resnet import CBAMResNet3D
-from naslung.networks.losses import classification_head
+from naslung.networks.errors import ConfigError
+from naslung.networks.heads import classification_head
 from naslung.networks.mc3 import mc3_18
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
-from naslung.pipeline.errors import ConfigError
 
 __all__ = ["NETWORKS", "BASELINES", "build_network", "registered_name"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from naslung.pipeline.errors import ConfigError
+from naslung.networks.errors import ConfigError
 
 __all__ = ["gumbel_softmax_st", "TemperatureSchedule"]
 

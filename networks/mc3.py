@@ -11,9 +11,9 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from monai.networks.layers.utils import get_act_layer
 
+from naslung.networks.errors import ConfigError
+from naslung.networks.heads import HEADS, classification_head
 from naslung.networks.initialisation import init_resnet_weights_
-from naslung.networks.losses import HEADS, classification_head
-from naslung.pipeline.errors import ConfigError
 
 __all__ = ["MixedConvBlock", "MC3", "mc3_18"]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from naslung.pipeline.errors import ConfigError
+from naslung.networks.errors import ConfigError
 
 __all__ = ["CostProfile", "count_parameters", "count_macs", "measure_latency_ms", "fixed_threads", "profile"]
 

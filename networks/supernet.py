@@ -18,11 +18,11 @@ from monai.networks.layers.utils import get_act_layer
 
 from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
+from naslung.networks.errors import ConfigError
 from naslung.networks.gumbel import gumbel_softmax_st
 from naslung.networks.initialisation import init_resnet_weights_
 from naslung.networks.profile import fixed_threads, measure_latency_ms
 from naslung.networks.spec import ArchSpec
-from naslung.pipeline.errors import ConfigError
 
 __all__ = ["Decision", "SuperResidualBlock", "CBAMSupernet3D", "measure_latency_table"]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from naslung.bundles.runtime.decisions import majority_vote, probability_matrix
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
@@ -19,49 +20,6 @@ from naslung.pipeline.progress import Progress, no_progress
 __all__ = ["majority_vote", "ensemble_metrics", "ensemble_size_study", "ensemble_table_rows", "write_ensemble_table"]
 
 logger = logging.getLogger(__name__)
-
-
-def _as_probability_matrix(probabilities: Any) -> np.ndarray:
-    matrix = np.asarray(probabilities, dtype=np.float64)
-    if matrix.ndim == 1:
-        matrix = matrix[None, :]
-    if matrix.ndim != 2 or matrix.size == 0:
-        raise DataError(f"probabilities must be an (n_models, n_nodules) array, got shape {matrix.shape}")
-    if not np.isfinite(matrix).all() or (matrix < 0).any() or (matrix > 1).any():
-        raise DataError("probabilities of malignancy must be finite and within [0, 1]; check the members' outputs")
-    return matrix
-
-
-def majority_vote(probabilities: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
-    """Fuse the members' probabilities of malignancy by majority vote (paper section 3.5).
-
-    Each member votes malignant when its probability is strictly greater than ``threshold`` (the arg-max of
-    two softmax outputs, ties to benign, as in :func:`naslung.pipeline.metrics.binary_metrics`); the nodule
-    is malignant when more than ``floor(n / 2)`` of the ``n`` members vote so. With an even ``n`` a tie
-    (``n / 2`` votes) is therefore benign.
-
-    Args:
-        probabilities: ``(n_models, n_nodules)`` probabilities of malignancy (a 1-D array is one model).
-        threshold: each member's decision threshold.
-
-    Returns:
-        dict of ``(n_nodules,)`` arrays: ``prediction`` (0/1 int), ``votes`` (malignant votes, int),
-        ``vote_fraction`` (votes / n), ``mean_probability`` (mean over members) and ``disagreement``
-        (bool, True when the members did not all vote alike).
-
-    Raises:
-        DataError: when the array is not 2-D, is empty or holds values outside [0, 1].
-    """
-    matrix = _as_probability_matrix(probabilities)
-    n_models = matrix.shape[0]
-    votes = (matrix > threshold).sum(axis=0).astype(np.int64)
-    return {
-        "prediction": (votes > n_models // 2).astype(np.int64),
-        "votes": votes,
-        "vote_fraction": votes / n_models,
-        "mean_probability": matrix.mean(axis=0),
-        "disagreement": (votes > 0) & (votes < n_models),
-    }
 
 
 def ensemble_metrics(
@@ -133,7 +91,7 @@ def ensemble_size_study(
     Raises:
         ConfigError: when a size is below 1 or above the number of members, or ``draws`` < 1.
     """
-    matrix = _as_probability_matrix(probabilities)
+    matrix = probability_matrix(probabilities)
     n_models = matrix.shape[0]
     if draws < 1:
         raise ConfigError(f"draws={draws}: the ensemble-size study needs at least one draw per size")
@@ -174,7 +132,7 @@ def ensemble_table_rows(
         member_names: ``n_models`` names (default ``model_1`` ...).
         threshold: each member's decision threshold.
     """
-    matrix = _as_probability_matrix(probabilities)
+    matrix = probability_matrix(probabilities)
     n_models, n_nodules = matrix.shape
     truth = np.asarray(labels).astype(np.int64)
     if len(nodule_ids) != n_nodules or truth.shape != (n_nodules,):

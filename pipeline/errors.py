@@ -1,31 +1,11 @@
-"""The one error hierarchy of naslung: every message names the file or value at fault and the fix."""
+"""The error hierarchy as the pipeline imports it: the classes of :mod:`naslung.networks.errors`, re-exported.
+
+They are the same objects (one hierarchy), so ``except DataError`` catches what networks, transforms and the bundle
+runtime raise.
+"""
 
 from __future__ import annotations
 
+from naslung.networks.errors import ConfigError, DataError, NaslungError, SearchError
+
 __all__ = ["NaslungError", "DataError", "ConfigError", "SearchError"]
-
-
-class NaslungError(Exception):
-    """Base class of every error naslung raises on purpose."""
-
-
-class DataError(NaslungError):
-    """A scan, cube, annotation or table is missing, unreadable or inconsistent.
-
-    Args:
-        message: what is wrong and what to do about it.
-        path: the file or folder at fault, when there is one; it is prefixed to the message.
-    """
-
-    def __init__(self, message: str, path: str | None = None) -> None:
-        self.path = None if path is None else str(path)
-        self.reason = message
-        super().__init__(message if path is None else f"{path}: {message}")
-
-
-class ConfigError(NaslungError):
-    """A configuration file, override or option value is invalid."""
-
-
-class SearchError(NaslungError):
-    """The architecture search cannot go on (bad search space, corrupt journal, ...)."""

@@ -13,6 +13,7 @@ import torch
 from monai.handlers import ROCAUC, ConfusionMatrix
 from monai.utils import look_up_option
 
+from naslung.bundles.runtime.decisions import BINARY_METRICS, DEFAULT_THRESHOLD, confusion_counts, label_array
 from naslung.pipeline.errors import DataError
 
 __all__ = [
@@ -30,12 +31,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The metrics every report carries, in the paper's column order, then ROC AUC.
-BINARY_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "f1", "auc")
-
-#: Probability of malignancy above which a network calls a nodule malignant (paper section 3.5).
-DEFAULT_THRESHOLD = 0.5
 
 # our metric name -> MONAI's confusion-matrix metric name
 _MONAI_CONFUSION_NAMES = {
@@ -273,36 +268,6 @@ def binary_metric_handlers(
     return handlers
 
 
-def _as_label_array(y_true: Any) -> np.ndarray:
-    labels = np.asarray(y_true)
-    if labels.ndim != 1:
-        raise DataError(f"labels must be a 1-D array of 0/1, got shape {labels.shape}")
-    if labels.size and not np.isin(labels, (0, 1)).all():
-        raise DataError(f"labels must be 0 (benign) or 1 (malignant), got values {sorted(set(labels.tolist()))}")
-    return labels.astype(np.int64)
-
-
-def confusion_counts(y_true: Any, y_pred: Any) -> dict[str, int]:
-    """Counts of true/false positives/negatives, malignant (1) being positive.
-
-    Args:
-        y_true: ``(N,)`` labels 0/1.
-        y_pred: ``(N,)`` predicted labels 0/1.
-
-    Returns:
-        ``{"tp", "fp", "tn", "fn"}`` as ints.
-    """
-    truth, predicted = _as_label_array(y_true), _as_label_array(y_pred)
-    if truth.shape != predicted.shape:
-        raise DataError(f"{truth.size} labels but {predicted.size} predictions")
-    return {
-        "tp": int(((predicted == 1) & (truth == 1)).sum()),
-        "fp": int(((predicted == 1) & (truth == 0)).sum()),
-        "tn": int(((predicted == 0) & (truth == 0)).sum()),
-        "fn": int(((predicted == 0) & (truth == 1)).sum()),
-    }
-
-
 def _ratio(numerator: float, denominator: float, name: str) -> float:
     if denominator == 0:
         logger.warning("%s is undefined (zero denominator); reporting NaN", name)
@@ -334,7 +299,7 @@ def binary_metrics(
     Raises:
         DataError: on empty input, mismatched lengths, labels other than 0/1 or non-finite probabilities.
     """
-    truth = _as_label_array(y_true)
+    truth = label_array(y_true)
     scores = np.asarray(prob_malignant, dtype=np.float64).reshape(-1)
     if truth.size == 0:
         raise DataError("no nodules to evaluate: the label array is empty")
@@ -342,7 +307,7 @@ def binary_metrics(
         raise DataError(f"{truth.size} labels but {scores.size} probabilities")
     if not np.isfinite(scores).all():
         raise DataError("probabilities of malignancy contain NaN or infinity; check the network outputs")
-    predicted = (scores > threshold).astype(np.int64) if y_pred is None else _as_label_array(y_pred)
+    predicted = (scores > threshold).astype(np.int64) if y_pred is None else label_array(y_pred)
     counts = confusion_counts(truth, predicted)
     tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
     result: dict[str, float | int] = {

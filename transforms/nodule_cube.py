@@ -14,7 +14,7 @@ from monai.transforms import MapTransform, ScaleIntensityRange, Transform
 from monai.utils import MetaKeys, SpaceKeys, TransformBackends, convert_to_dst_type, look_up_option
 from scipy.ndimage import affine_transform
 
-from naslung.pipeline.errors import DataError
+from naslung.networks.errors import DataError
 
 __all__ = [
     "HU_WINDOW",

@@ -13,7 +13,7 @@ from monai.data import ImageReader
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from naslung.pipeline.errors import DataError
+from naslung.networks.errors import DataError
 
 __all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES"]
 

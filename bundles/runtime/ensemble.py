@@ -12,9 +12,8 @@ from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
-from naslung.pipeline.ensemble import majority_vote
-from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.metrics import DEFAULT_THRESHOLD
+from naslung.bundles.runtime.decisions import DEFAULT_THRESHOLD, majority_vote
+from naslung.networks.errors import ConfigError
 
 __all__ = ["EnsembleClassifier", "MemberProbabilityInferer", "MajorityVoted"]
 
@@ -66,7 +65,7 @@ class MemberProbabilityInferer(Inferer):
 class MajorityVoted(MapTransform):
     """Post-processing of one item: member probabilities (n,) -> majority vote, votes and mean probability.
 
-    Uses :func:`naslung.pipeline.ensemble.majority_vote`: a member votes malignant when its probability exceeds
+    Uses :func:`naslung.bundles.runtime.decisions.majority_vote`: a member votes malignant when its probability exceeds
     ``threshold``; the nodule is malignant when more than half of the members vote so (a tie is benign).
     ``pred`` becomes the two class probabilities ``[1 - mean, mean]`` of the members' mean probability; the
     members' probabilities move to ``member_probabilities`` and ``votes``, ``n_members``, ``vote_fraction`` and

@@ -22,8 +22,8 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys
 
-from naslung.pipeline.datalists import split_for_fold
-from naslung.pipeline.errors import ConfigError, DataError, NaslungError
+from naslung.bundles.runtime.fold_split import split_for_fold
+from naslung.networks.errors import ConfigError, DataError, NaslungError
 from naslung.transforms.nodule_cube import HU_WINDOW, ExtractNoduleCube
 from naslung.transforms.readers import SimpleITKReader
 

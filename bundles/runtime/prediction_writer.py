@@ -1,4 +1,7 @@
-"""An Ignite handler writing one CSV row per nodule (probability, decision, errors) and, with labels, metrics."""
+"""An Ignite handler writing one CSV row per nodule (probability, decision, errors) and, with labels, metrics.
+
+Ignite is imported only when the handler is attached to an engine, so importing the bundle runtime needs no Ignite.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,16 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
 
-from naslung.pipeline.atomic_io import write_csv, write_json
-from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, confusion_counts
+from naslung.bundles.runtime.atomic_files import write_csv, write_json
+from naslung.bundles.runtime.decisions import BINARY_METRICS, DEFAULT_THRESHOLD, confusion_counts
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
 
 __all__ = ["PREDICTION_COLUMNS", "NodulePredictionWriter"]
 
@@ -88,6 +93,9 @@ class NodulePredictionWriter:
         return [*PREDICTION_COLUMNS, *self.extra_keys, *label, self.error_key]
 
     def attach(self, engine: Engine) -> None:
+        """Reset at each epoch, collect each iteration's rows and write the files when ``engine`` completes."""
+        from ignite.engine import Events  # deferred: the engine's own dependency, not one of the bundle runtime's
+
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)

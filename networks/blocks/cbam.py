@@ -10,7 +10,7 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer
 from monai.utils import look_up_option
 
-from naslung.pipeline.errors import ConfigError
+from naslung.networks.errors import ConfigError
 
 __all__ = ["CBAM_ORDERS", "ChannelAttention", "SpatialAttention", "CBAMBlock"]
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_act_layer
 
-from naslung.pipeline.errors import ConfigError
+from naslung.networks.errors import ConfigError
 
 __all__ = ["ResidualBlock"]
 
