@@ -5,7 +5,7 @@ from __future__ import annotations
 from .blocks import CBAM_ORDERS, CBAMBlock, ChannelAttention, ResidualBlock, SpatialAttention
 from .cbam_resnet import ATTENTION_OPTIONS, STAGE_NAMES, CBAMResNet3D
 from .export import INFERENCE_BACKENDS, OnnxRuntimeModel, inference_runner, load_torchscript, to_onnx, to_torchscript
-from .factory import BASELINES, NETWORKS, build_network, registered_name
+from .factory import BASELINES, LAYOUTS, NETWORKS, build_network, registered_name
 from .gumbel import TemperatureSchedule, gumbel_softmax_st
 from .initialisation import init_resnet_weights_
 from .losses import (
@@ -23,6 +23,12 @@ from .losses import (
 )
 from .mc3 import MC3, MixedConvBlock, mc3_18
 from .profile import CostProfile, count_macs, count_parameters, fixed_threads, measure_latency_ms, profile
+from .reference_convres import (
+    REFERENCE_ATTENTION_OPTIONS,
+    ReferenceConvRes3D,
+    authors_key_map,
+    convert_authors_state_dict,
+)
 from .spec import DEFAULT_KERNEL, PAPER_MODEL_1, ArchSpec
 from .supernet import CBAMSupernet3D, measure_latency_table
 
@@ -35,6 +41,11 @@ __all__ = [
     "gumbel_softmax_st",
     "TemperatureSchedule",
     "CBAMResNet3D",
+    "ReferenceConvRes3D",
+    "REFERENCE_ATTENTION_OPTIONS",
+    "authors_key_map",
+    "convert_authors_state_dict",
+    "LAYOUTS",
     "ATTENTION_OPTIONS",
     "HEADS",
     "classification_head",

@@ -12,9 +12,10 @@ from naslung.networks.cbam_resnet import CBAMResNet3D
 from naslung.networks.errors import ConfigError
 from naslung.networks.heads import classification_head
 from naslung.networks.mc3 import mc3_18
+from naslung.networks.reference_convres import ReferenceConvRes3D
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
 
-__all__ = ["NETWORKS", "BASELINES", "build_network", "registered_name"]
+__all__ = ["LAYOUTS", "NETWORKS", "BASELINES", "build_network", "registered_name"]
 
 
 def _with_head(network: nn.Module, attribute: str, head: str, margin: int) -> nn.Module:
@@ -28,8 +29,25 @@ def _with_head(network: nn.Module, attribute: str, head: str, margin: int) -> nn
     return network
 
 
-def _cbam_resnet3d(arch: ArchSpec | str | Sequence[Any] = PAPER_MODEL_1, **kwargs: Any) -> nn.Module:
-    return CBAMResNet3D(arch=arch, **kwargs)
+LAYOUTS: dict[str, type[nn.Module]] = {"naslung": CBAMResNet3D, "reference": ReferenceConvRes3D}
+"""``layout`` values of NAS-Lung candidates: ``"naslung"`` (default, :class:`CBAMResNet3D`: downsampling folded into
+the first residual block, identity shortcuts where shapes allow) or ``"reference"`` (:class:`ReferenceConvRes3D`,
+the authors' ``ConvRes`` layer for layer, whose weights ``naslung import-reference`` converts)."""
+
+
+def _layout(layout: str | None) -> str:
+    """Validate a ``layout`` option (``None`` is the default ``"naslung"``)."""
+    if layout is None:
+        return "naslung"
+    if layout not in LAYOUTS:
+        raise ConfigError(f"network layout {layout!r} is not supported; use one of {tuple(LAYOUTS)}.")
+    return layout
+
+
+def _cbam_resnet3d(
+    arch: ArchSpec | str | Sequence[Any] = PAPER_MODEL_1, layout: str | None = "naslung", **kwargs: Any
+) -> nn.Module:
+    return LAYOUTS[_layout(layout)](arch=arch, **kwargs)
 
 
 def _monai_baseline(
@@ -113,17 +131,18 @@ def build_network(name_or_spec: str | ArchSpec | Sequence[Any], **kwargs: Any) -
     Args:
         name_or_spec: a name of :data:`NETWORKS` (see :func:`registered_name`: ``"DenseNet121"`` works), or a
             NAS-Lung spec as :class:`ArchSpec`, its text ``"[4,4,[4,4],[4,8],[8,8]]"`` or nested lists, which
-            builds :class:`CBAMResNet3D`.
+            builds :class:`CBAMResNet3D`, or with ``layout="reference"`` :class:`ReferenceConvRes3D` (see
+            :data:`LAYOUTS`).
         kwargs: passed to the builder, e.g. ``spatial_dims=3, in_channels=1, num_classes=2``, ``head="angular",
-            margin=4``, or ``attention="spatial_first"`` for a spec.
+            margin=4``, or ``attention="spatial_first"`` or ``layout="reference"`` for a spec.
 
     Returns:
         The network (in training mode, freshly initialised).
 
     Raises:
-        ConfigError: for an unknown name, a malformed spec, an unsupported head, a CBAM option other than
-            ``attention="none"`` given to a baseline, or a candidate-only option (``arch``, ``cbam_reduction``,
-            ...) given to a baseline.
+        ConfigError: for an unknown name, a malformed spec, an unknown layout, an unsupported head, a CBAM option
+            other than ``attention="none"`` or a layout other than ``"naslung"`` given to a baseline, or a
+            candidate-only option (``arch``, ``cbam_reduction``, ...) given to a baseline.
 
     Example::
 
@@ -131,11 +150,11 @@ def build_network(name_or_spec: str | ArchSpec | Sequence[Any], **kwargs: Any) -
         build_network("densenet121", head="angular", margin=4, attention="none")
     """
     if isinstance(name_or_spec, ArchSpec) or (isinstance(name_or_spec, Sequence) and not isinstance(name_or_spec, str)):
-        return CBAMResNet3D(arch=name_or_spec, **kwargs)
+        return _cbam_resnet3d(arch=name_or_spec, **kwargs)
     if not isinstance(name_or_spec, str):
         raise ConfigError(f"build_network: expected a network name or an architecture spec, got {name_or_spec!r}.")
     if name_or_spec.lstrip().startswith("["):
-        return CBAMResNet3D(arch=ArchSpec.parse(name_or_spec), **kwargs)
+        return _cbam_resnet3d(arch=ArchSpec.parse(name_or_spec), **kwargs)
     name = registered_name(name_or_spec)
     if name in BASELINES:
         misplaced = sorted(set(kwargs) & set(_CANDIDATE_ONLY))
@@ -143,6 +162,11 @@ def build_network(name_or_spec: str | ArchSpec | Sequence[Any], **kwargs: Any) -
             raise ConfigError(
                 f"network {name!r} does not take {misplaced}: these options belong to NAS-Lung candidates "
                 "(architecture specs); leave them out of the config for the baselines."
+            )
+        if _layout(kwargs.pop("layout", None)) != "naslung":
+            raise ConfigError(
+                f"network {name!r} has no reference layout: layout 'reference' is for NAS-Lung specs (the authors' "
+                "ConvRes); leave layout out of the config (or 'naslung') for the baselines."
             )
         attention = kwargs.pop("attention", None)
         if attention not in (None, "none"):
