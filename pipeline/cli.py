@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from naslung.pipeline.errors import NaslungError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES", "KNOWN_NOISE", "ThirdPartyNoiseFilter", "quiet_console"]
 
 #: Each module holds one sub-command: ``add_parser(subparsers)`` registers it and sets ``func`` on its parser.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,7 +21,43 @@ COMMAND_MODULES: tuple[str, ...] = (
     "naslung.pipeline.commands.ensemble",
     "naslung.pipeline.commands.evaluate",
     "naslung.pipeline.commands.export_bundle",
+    "naslung.pipeline.commands.import_reference",
 )
+
+
+#: Third-party messages known to be noise on naslung's runs, as (logger name, text the message contains). The console
+#: drops them; log files (``RUN/logs/run.log`` of ``naslung run``) keep them. Warnings arrive through the
+#: ``py.warnings`` logger (``logging.captureWarnings``).
+KNOWN_NOISE: tuple[tuple[str, str], ...] = (
+    # MONAI's LoadImage constructs every reader; without nvImageCodec this one warns each time (once per transform
+    # chain built: about 127 times in a quick run), though naslung never reads DICOM through it
+    ("py.warnings", "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"),
+    ("monai.data.nvimgcodec_pydicom_plugin", "nvImageCodec is not available"),
+    ("py.warnings", "`torch.jit.script` is deprecated"),
+    ("py.warnings", "`torch.jit.interface` is deprecated"),
+)
+
+
+class ThirdPartyNoiseFilter(logging.Filter):
+    """A handler filter dropping the records of :data:`KNOWN_NOISE`; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(record.name == name and text in message for name, text in KNOWN_NOISE)
+
+
+def quiet_console(level: int) -> None:
+    """Log to the console at ``level`` with Python warnings routed through logging and known noise filtered out.
+
+    Called once by :func:`main`. Commands that write a log file (``naslung run``: ``RUN/logs/run.log``) add their
+    file handler to the root logger, so the file gets every record, the filtered noise included.
+    """
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, ThirdPartyNoiseFilter) for f in handler.filters):
+                handler.addFilter(ThirdPartyNoiseFilter())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    quiet_console(level)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
