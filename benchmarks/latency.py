@@ -2,6 +2,10 @@
 
 Run: ``python benchmarks/latency.py [--threads 1] [--repeats 30] [--large-batch 64] [--spec "[4,4,...]" ...]``.
 
+For each spec it first puts the two layouts side by side (``build_network(..., layout=...)``: naslung's
+:class:`~naslung.networks.CBAMResNet3D` and the authors' ``ConvRes``, :class:`~naslung.networks.ReferenceConvRes3D`):
+parameters, MACs per nodule and ms per nodule at batch 1, eager and ONNX Runtime, timed in turn within each repeat.
+
 For each spec it prints parameters, MACs per nodule and ms per nodule at batch 1 and at the large batch for the
 three inference paths (timed in turn within each repeat, median reported), each path's largest logit difference
 from eager, and the speed-up of the fastest numerically equal path over eager. A square fp32 GEMM timed in the
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from naslung.networks import (
+    LAYOUTS,
     OnnxRuntimeModel,
     build_network,
     count_macs,
@@ -96,6 +101,51 @@ def randomise_norms(model: torch.nn.Module, seed: int = 0) -> None:
             module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
 
 
+def bench_layouts(spec: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Both layouts of ``spec`` side by side: parameters, MACs and ms per nodule at batch 1, eager and ONNX Runtime.
+
+    Returns:
+        ``{layout: {"parameters", "macs", "eager_ms", "onnxruntime_ms"}}``.
+    """
+    shape = (1, 32, 32, 32)
+    models: dict[str, torch.nn.Module] = {}
+    for layout in LAYOUTS:
+        torch.manual_seed(0)
+        models[layout] = build_network(spec, head="angular", layout=layout).eval()
+        randomise_norms(models[layout])
+    paths: dict[str, Callable[[torch.Tensor], Any]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layout, model in models.items():
+            paths[f"{layout} eager"] = model
+            paths[f"{layout} onnxruntime"] = OnnxRuntimeModel(to_onnx(model, None, shape), num_threads=args.threads)
+    single = torch.rand((1, *shape), generator=torch.Generator().manual_seed(1))
+    ms = interleaved_latency_ms(paths, single, warmup=5, repeats=args.repeats)
+    rows = {
+        layout: {
+            "parameters": float(count_parameters(model)),
+            "macs": float(count_macs(model, shape)),
+            "eager_ms": ms[f"{layout} eager"],
+            "onnxruntime_ms": ms[f"{layout} onnxruntime"],
+        }
+        for layout, model in models.items()
+    }
+    print(f"\n{spec}: layouts side by side (angular head, batch 1, median of {args.repeats})")
+    print(f"  {'layout':<10} {'parameters':>10} {'M MACs':>8} {'eager ms':>9} {'ORT ms':>8}")
+    for layout, row in rows.items():
+        print(
+            f"  {layout:<10} {int(row['parameters']):>10,} {row['macs'] / 1e6:>8.1f} {row['eager_ms']:>9.3f} "
+            f"{row['onnxruntime_ms']:>8.3f}"
+        )
+    ours, authors = rows["naslung"], rows["reference"]
+    print(
+        f"  ratio reference / naslung: parameters {authors['parameters'] / ours['parameters']:.2f}x, MACs "
+        f"{authors['macs'] / ours['macs']:.2f}x, eager {authors['eager_ms'] / ours['eager_ms']:.2f}x, "
+        f"ONNX Runtime {authors['onnxruntime_ms'] / ours['onnxruntime_ms']:.2f}x"
+    )
+    return rows
+
+
 def bench_spec(spec: str, args: argparse.Namespace, gemm: GemmRate) -> None:
     shape = (1, 32, 32, 32)
     torch.manual_seed(0)
@@ -165,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{torch.get_num_threads()} thread(s); fp32 GEMM 1024^3: {gemm.measure() / 1e9:.1f} G MAC/s (best of 20)"
         )
         for spec in specs:
+            bench_layouts(spec, args)
             bench_spec(spec, args, gemm)
 
 
