@@ -23,12 +23,8 @@ from .losses import (
 )
 from .mc3 import MC3, MixedConvBlock, mc3_18
 from .profile import CostProfile, count_macs, count_parameters, fixed_threads, measure_latency_ms, profile
-from .reference_convres import (
-    REFERENCE_ATTENTION_OPTIONS,
-    ReferenceConvRes3D,
-    authors_key_map,
-    convert_authors_state_dict,
-)
+from .reference_convres import REFERENCE_ATTENTION_OPTIONS, ReferenceConvRes3D
+from .reference_weights import authors_key_map, convert_authors_state_dict
 from .spec import DEFAULT_KERNEL, PAPER_MODEL_1, ArchSpec
 from .supernet import CBAMSupernet3D, measure_latency_table
 
