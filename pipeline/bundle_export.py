@@ -2,8 +2,8 @@
 
 Sources live in the repository's ``bundles/`` folder (config templates, README templates, LICENSE, the metadata
 JSON schema and the bundle's runtime code); the step adds the trained weights, fills in the metadata (versions,
-architecture, held-out metrics, latency), copies the naslung code the configs need into ``scripts/naslung_bundle/``
-with relative imports, exports TorchScript with ``monai.bundle ckpt_export`` in a subprocess that cannot import
+architecture, held-out metrics, latency), copies a declared list of naslung modules (the inference runtime, then what
+fine-tuning adds) into ``scripts/naslung_bundle/`` with relative imports, exports TorchScript with ``monai.bundle ckpt_export`` in a subprocess that cannot import
 naslung, and verifies the result (metadata schema, network input/output, model-zoo layout rules).
 """
 
@@ -45,6 +45,10 @@ from naslung.pipeline.training import fold_dir_name, spec_slug
 __all__ = [
     "SCHEMA_URL",
     "BUNDLE_PACKAGE",
+    "INFERENCE_MODULES",
+    "FINE_TUNING_MODULES",
+    "BUNDLE_MODULES",
+    "BUNDLE_PACKAGE_EXPORTS",
     "RUNTIME_MODULES",
     "BUNDLE_REQUIREMENTS",
     "MAX_FILE_BYTES",
@@ -70,14 +74,76 @@ logger = logging.getLogger(__name__)
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 #: Package under the bundle's ``scripts/`` folder that holds the copied naslung code.
 BUNDLE_PACKAGE = "naslung_bundle"
-#: Runtime modules of the bundle (sources in ``bundles/runtime/``); the naslung modules they import come along.
+#: The bundle's inference runtime, copied into ``scripts/naslung_bundle/``: the networks a spec (or MC3-18, or a MONAI
+#: baseline) is built from with its head, the cube transform and scan reader, and the bundle runtime
+#: (``bundles/runtime/``). None imports ``naslung.pipeline``, the supernet, the search or, at import, Ignite.
+INFERENCE_MODULES: tuple[str, ...] = (
+    "naslung.networks.errors",
+    "naslung.networks.spec",
+    "naslung.networks.heads",
+    "naslung.networks.initialisation",
+    "naslung.networks.blocks.cbam",
+    "naslung.networks.blocks.residual",
+    "naslung.networks.blocks.reference_cbam",
+    "naslung.networks.blocks.reference_residual",
+    "naslung.networks.cbam_resnet",
+    "naslung.networks.reference_convres",
+    "naslung.networks.mc3",
+    "naslung.networks.factory",
+    "naslung.transforms.nodule_cube",
+    "naslung.transforms.readers",
+    "naslung.bundles.runtime",
+    "naslung.bundles.runtime.atomic_files",
+    "naslung.bundles.runtime.decisions",
+    "naslung.bundles.runtime.fold_split",
+    "naslung.bundles.runtime.nodule_inputs",
+    "naslung.bundles.runtime.ensemble",
+    "naslung.bundles.runtime.prediction_writer",
+)
+#: What ``train.json`` (fine-tuning a bundle, e.g. in the MONAI Label app) adds: the losses, the training transforms
+#: and naslung's training config components (metric handlers, learning-rate schedule, inferer, handlers), which still
+#: live in ``naslung.pipeline``; only ``train.json`` imports them.
+FINE_TUNING_MODULES: tuple[str, ...] = (
+    "naslung.networks.losses",
+    "naslung.transforms.pipelines",
+    "naslung.pipeline",
+    "naslung.pipeline.errors",
+    "naslung.pipeline.atomic_io",
+    "naslung.pipeline.config_files",
+    "naslung.pipeline.datalists",
+    "naslung.pipeline.steps",
+    "naslung.pipeline.metrics",
+    "naslung.pipeline.handlers",
+    "naslung.pipeline.inferers",
+    "naslung.pipeline.training",
+)
+#: Every module a bundle's ``scripts/naslung_bundle/`` holds (a fixed list: nothing is added by following imports).
+BUNDLE_MODULES: tuple[str, ...] = (*INFERENCE_MODULES, *FINE_TUNING_MODULES)
+#: Packages whose ``__init__`` in the bundle is generated, re-exporting only these names (naslung's own ``__init__``
+#: imports the whole package: the supernet, ONNX export, profiling): ``{package: {module: names}}``.
+BUNDLE_PACKAGE_EXPORTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "naslung.networks": {
+        "naslung.networks.spec": ("DEFAULT_KERNEL", "ArchSpec"),
+        "naslung.networks.cbam_resnet": ("CBAMResNet3D",),
+        "naslung.networks.factory": ("BASELINES", "build_network", "registered_name"),
+        "naslung.networks.losses": ("build_loss",),
+    },
+    "naslung.networks.blocks": {
+        "naslung.networks.blocks.cbam": ("CBAMBlock",),
+        "naslung.networks.blocks.residual": ("ResidualBlock",),
+    },
+    "naslung.transforms": {
+        "naslung.transforms.nodule_cube": ("HU_WINDOW", "ExtractNoduleCube"),
+        "naslung.transforms.readers": ("SimpleITKReader",),
+        "naslung.transforms.pipelines": ("eval_transforms", "train_transforms"),
+    },
+}
+#: Runtime modules of the bundle (sources in ``bundles/runtime/``) that its configs name.
 RUNTIME_MODULES: tuple[str, ...] = (
     "naslung.bundles.runtime.nodule_inputs",
     "naslung.bundles.runtime.prediction_writer",
     "naslung.bundles.runtime.ensemble",
 )
-#: Modules always copied (the network factory and the transforms) on top of what the configs name.
-_ROOT_MODULES: tuple[str, ...] = ("naslung.networks", "naslung.transforms", *RUNTIME_MODULES)
 #: Third-party imports allowed at module level in the copied code -> their distribution names.
 BUNDLE_REQUIREMENTS: dict[str, str] = {
     "monai": "monai",
@@ -498,47 +564,104 @@ def _config_modules(config: Any) -> set[str]:
     return found
 
 
-def generate_bundle_scripts(
-    scripts_dir: str | os.PathLike, extra_modules: Iterable[str] = (), naslung_version: str = ""
-) -> list[str]:
-    """Copy the naslung code a bundle needs into ``scripts_dir/naslung_bundle`` with relative imports.
+def _undeclared_imports(module: str, source: str, is_package: bool) -> list[str]:
+    """The naslung imports of ``module`` (at any depth) that the bundle does not hold: modules outside
+    :data:`BUNDLE_MODULES`, or names a generated package (:data:`BUNDLE_PACKAGE_EXPORTS`) does not export."""
+    package = module if is_package else module.rpartition(".")[0]
+    declared = set(BUNDLE_MODULES) | {"naslung", "naslung.bundles"}
+    problems: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            problems += [
+                f"line {node.lineno}: {alias.name}"
+                for alias in node.names
+                if alias.name.split(".")[0] == "naslung" and alias.name not in declared
+            ]
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base_parts = package.split(".")
+            base = ".".join(base_parts[: len(base_parts) - node.level + 1] + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        if base.split(".")[0] != "naslung":
+            continue
+        exported = {name for names in BUNDLE_PACKAGE_EXPORTS.get(base, {}).values() for name in names}
+        for alias in node.names:
+            full = f"{base}.{alias.name}"
+            if full in declared or (base in declared and not _module_source(full)):
+                continue
+            if base in BUNDLE_PACKAGE_EXPORTS and alias.name in exported:
+                continue
+            problems.append(f"line {node.lineno}: {full}")
+    return problems
 
-    The copied modules are the closure, over their naslung imports, of :data:`naslung.networks`,
-    :data:`naslung.transforms`, the bundle runtime (:data:`RUNTIME_MODULES`) and ``extra_modules`` (those the
-    configs name). ``naslung.a.b`` lands in ``naslung_bundle/a/b.py`` (``naslung.bundles.runtime.x`` in
-    ``naslung_bundle/runtime/x.py``); ``scripts/__init__.py`` makes ``scripts`` the package MONAI bundles import
-    from ``bundle_root``.
+
+def _package_init(package: str, exports: dict[str, tuple[str, ...]]) -> str:
+    """The generated ``__init__`` of ``package`` in the bundle: relative imports of the declared names only."""
+    lines = [
+        f'"""Generated by `naslung export-bundle`: the names of {package} that this bundle\'s code and configs use."""',
+        "",
+    ]
+    names: list[str] = []
+    for module, module_names in exports.items():
+        lines.append(f"from .{module.rpartition('.')[2]} import {', '.join(module_names)}")
+        names += module_names
+    lines += ["", f"__all__ = {names!r}".replace("'", '"'), ""]
+    return "\n".join(lines)
+
+
+def generate_bundle_scripts(
+    scripts_dir: str | os.PathLike, config_modules: Iterable[str] = (), naslung_version: str = ""
+) -> list[str]:
+    """Copy the declared naslung modules a bundle runs (:data:`BUNDLE_MODULES`) into ``scripts_dir/naslung_bundle``.
+
+    The list is fixed: :data:`INFERENCE_MODULES` (what ``inference.json`` needs) and :data:`FINE_TUNING_MODULES`
+    (what ``train.json`` adds). Nothing is added by following imports; instead, a copied module that imports a naslung
+    module outside the list, or a config naming one, is an error. ``naslung.a.b`` lands in ``naslung_bundle/a/b.py``
+    (``naslung.bundles.runtime.x`` in ``naslung_bundle/runtime/x.py``) with its naslung imports made relative
+    (:func:`rewrite_naslung_imports`; the runtime sits one level higher in the bundle than in naslung, so the one
+    rewrite cannot be avoided). The ``__init__`` of :data:`BUNDLE_PACKAGE_EXPORTS` packages is generated;
+    ``scripts/__init__.py`` makes ``scripts`` the package MONAI bundles import from ``bundle_root``.
 
     Args:
         scripts_dir: the bundle's ``scripts`` folder (created).
-        extra_modules: further naslung modules to include.
+        config_modules: naslung modules the bundle's configs name; each must be in the bundle.
         naslung_version: recorded in the package docstring.
 
     Returns:
         the copied module names, sorted.
 
     Raises:
-        ConfigError: a module is missing, uses ``import naslung...``, or imports at module level a third-party
-            package outside :data:`BUNDLE_REQUIREMENTS`.
+        ConfigError: a module is missing or not in the list while something imports it, uses ``import naslung...``,
+            or imports at module level a third-party package outside :data:`BUNDLE_REQUIREMENTS`.
     """
     target = Path(scripts_dir)
-    queue = list(dict.fromkeys([*_ROOT_MODULES, *extra_modules]))
-    copied: dict[str, tuple[Path, bool]] = {}
-    while queue:
-        module = queue.pop(0)
-        if module in copied or module in ("naslung", "naslung.bundles"):
-            continue
-        found = _module_source(module)
-        if found is None:
-            raise ConfigError(f"module {module!r} needed by the bundle was not found")
-        copied[module] = found
-        parts = module.split(".")
-        queue.extend(".".join(parts[:end]) for end in range(2, len(parts)))  # parent packages
-        queue.extend(sorted(_imported_naslung_modules(module, found[0].read_text(encoding="utf-8"), found[1])))
+    declared = set(BUNDLE_MODULES) | set(BUNDLE_PACKAGE_EXPORTS) | {"naslung", "naslung.bundles"}
+    outside_list = sorted(set(config_modules) - declared)
+    if outside_list:
+        raise ConfigError(
+            f"the bundle's configs use {outside_list}, which the bundle does not ship; add them to "
+            "naslung.pipeline.bundle_export.FINE_TUNING_MODULES (or INFERENCE_MODULES) with what they import"
+        )
     allowed = set(BUNDLE_REQUIREMENTS) | set(sys.stdlib_module_names) | {"__future__"}
     package_root = target / BUNDLE_PACKAGE
-    for module, (path, is_package) in sorted(copied.items()):
+    for module in BUNDLE_MODULES:
+        found = _module_source(module)
+        if found is None:
+            raise ConfigError(
+                f"module {module!r} listed in naslung.pipeline.bundle_export.BUNDLE_MODULES was not found"
+            )
+        path, is_package = found
         source = path.read_text(encoding="utf-8")
+        undeclared = _undeclared_imports(module, source, is_package)
+        if undeclared:
+            raise ConfigError(
+                f"{module} imports {undeclared}, which a bundle does not ship; add the module to "
+                "naslung.pipeline.bundle_export.BUNDLE_MODULES (or the name to BUNDLE_PACKAGE_EXPORTS), or import "
+                "it from a module that is shipped"
+            )
         outside = sorted(_module_level_imports(source) - allowed - {"naslung"})
         if outside:
             raise ConfigError(
@@ -552,17 +675,21 @@ def generate_bundle_scripts(
         destination.parent.mkdir(parents=True, exist_ok=True)
         header = f"# Generated by `naslung export-bundle` from {module}; edit naslung, not this copy.\n"
         destination.write_text(header + rewrite_naslung_imports(source, module, is_package), encoding="utf-8")
+    for package, exports in BUNDLE_PACKAGE_EXPORTS.items():
+        init = package_root.joinpath(*_bundle_parts(package), "__init__.py")
+        init.parent.mkdir(parents=True, exist_ok=True)
+        init.write_text(_package_init(package, exports), encoding="utf-8")
     for folder in sorted({p.parent for p in package_root.rglob("*.py")} | {package_root}):
         init = folder / "__init__.py"
         if not init.exists():
             init.write_text(f'"""Generated by `naslung export-bundle`: {folder.name} of the bundle code."""\n')
-    listing = ", ".join(sorted(copied))
+    listing = ", ".join(sorted(BUNDLE_MODULES))
     (package_root / "__init__.py").write_text(
         f'"""naslung {naslung_version} code used by this bundle\'s configs, copied at export time with relative '
         f'imports:\n{listing}."""\n'
     )
     (target / "__init__.py").write_text('"""Custom code of this MONAI bundle (imported from ``bundle_root``)."""\n')
-    return sorted(copied)
+    return sorted(BUNDLE_MODULES)
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -1114,7 +1241,7 @@ def export_bundle(
     defs = [_network_def(member) for member in chosen]
     inference = _require_scripts(_inference_config(inference_template, defs, ensemble))
     train = _train_config(chosen, train_overlay, ensemble)
-    extra_modules = _config_modules([m.config for m in chosen])
+    config_modules = _config_modules([m.config for m in chosen])
     data = _describe_data(run)
     ensemble_metrics = _ensemble_eval_metrics(run) if ensemble else {}
     versions = _versions()
@@ -1123,7 +1250,7 @@ def export_bundle(
         [(m.slug, str(m.fold_dir.relative_to(run)), _sha256(m.weights), m.config, m.cv_metrics) for m in chosen],
         ensemble_metrics,
         data.__dict__,
-        _sources_digest(sources, [*_ROOT_MODULES, *extra_modules]),
+        _sources_digest(sources, BUNDLE_MODULES),
         {k: v for k, v in versions.items() if k != "naslung"},
     )
     marker_dir = out.parent / ".export_done" / out.name
@@ -1134,7 +1261,7 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        summary = _build(work, run, kind, chosen, defs, inference, train, extra_modules, data, ensemble_metrics,
+        summary = _build(work, run, kind, chosen, defs, inference, train, config_modules, data, ensemble_metrics,
                          versions, sources, progress)  # fmt: skip
         work.chmod(0o755)
         _replace_dir(work, out)
@@ -1154,7 +1281,7 @@ def _build(
     defs: Sequence[dict[str, Any]],
     inference: dict[str, Any],
     train: dict[str, Any],
-    extra_modules: set[str],
+    config_modules: set[str],
     data: _DataDescription,
     ensemble_metrics: dict[str, Any],
     versions: dict[str, str],
@@ -1168,7 +1295,7 @@ def _build(
         (work / folder).mkdir()
     shutil.copyfile(sources / "LICENSE", work / "LICENSE")
     _write_sample_data(work / "sample")
-    modules = generate_bundle_scripts(work / "scripts", extra_modules, versions["naslung"])
+    modules = generate_bundle_scripts(work / "scripts", config_modules, versions["naslung"])
 
     # weights: plain state_dicts, checked against the network naslung builds from the same definition
     weights = [_load_state_dict(member.weights) for member in chosen]
