@@ -118,19 +118,31 @@ class BestModelSaver:
     epoch live in ``<filename>.json`` beside the weights, so a resumed run keeps comparing against the true
     best, not against the first score after the resume. Ties keep the earlier model.
 
+    Validations before ``min_epoch`` are not candidates, except that the first validation is kept until an
+    eligible one replaces it (so a run stopped early still leaves a model). On a validation split of ~90
+    nodules, AUC moves by ~0.03 between epochs, so a lucky early epoch can win over the trained network:
+    standard profile run 1 kept epoch 1 of 12 for one member (``benchmarks/results/standard_run/members.json``).
+
     Args:
         save_dir: folder of the weights.
         network: the module whose ``state_dict`` is saved.
         metric_name: key in ``engine.state.metrics`` (higher is better).
         filename: weights file name.
+        min_epoch: first trainer epoch whose validation may become the best model (1: every epoch).
     """
 
     def __init__(
-        self, save_dir: str | os.PathLike, network: torch.nn.Module, metric_name: str, filename: str = "best_model.pt"
+        self,
+        save_dir: str | os.PathLike,
+        network: torch.nn.Module,
+        metric_name: str,
+        filename: str = "best_model.pt",
+        min_epoch: int = 1,
     ) -> None:
         self.path = Path(save_dir) / filename
         self.record_path = self.path.with_suffix(".json")
         self.network, self.metric_name = network, metric_name
+        self.min_epoch = int(min_epoch)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -144,15 +156,18 @@ class BestModelSaver:
 
     def __call__(self, engine: Engine) -> None:
         score = float(engine.state.metrics[self.metric_name])
+        epoch = int(engine.state.epoch)
         best = self.best
-        if best is not None and not (np.isfinite(score) and score > best["score"]):
+        if best is not None and epoch < self.min_epoch:
+            return
+        if best is not None and best.get("eligible", True) and not (np.isfinite(score) and score > best["score"]):
             return
         if best is None and not np.isfinite(score):
             score = -1.0  # keep a first model even when the metric is undefined on this split
         with atomic_path(self.path) as tmp:
             torch.save(self.network.state_dict(), tmp)
-        epoch = int(engine.state.epoch)
-        write_json(self.record_path, {"metric": self.metric_name, "score": score, "epoch": epoch})
+        record = {"metric": self.metric_name, "score": score, "epoch": epoch, "eligible": epoch >= self.min_epoch}
+        write_json(self.record_path, record)
         logger.info("new best %s = %.4f at epoch %s", self.metric_name, score, epoch)
 
 
@@ -160,25 +175,30 @@ class EarlyStopOnValidation:
     """Stop training when a validation metric has not improved for ``patience`` validations.
 
     Attached to the trainer after its ``ValidationHandler``, it reads the evaluator's latest metrics at each
-    epoch end where a validation ran; ``patience <= 0`` disables it.
+    epoch end where a validation ran; ``patience <= 0`` disables it. Validations before ``min_epoch`` are not
+    counted (the same epochs :class:`BestModelSaver` does not consider).
 
     Args:
         evaluator: the validation engine.
         metric_name: key in ``evaluator.state.metrics`` (higher is better).
         patience: validations without improvement before stopping.
         min_delta: smallest change that counts as an improvement.
+        min_epoch: first trainer epoch whose validation counts.
     """
 
-    def __init__(self, evaluator: Engine, metric_name: str, patience: int, min_delta: float = 0.0) -> None:
+    def __init__(
+        self, evaluator: Engine, metric_name: str, patience: int, min_delta: float = 0.0, min_epoch: int = 1
+    ) -> None:
         self.evaluator, self.metric_name = evaluator, metric_name
         self.patience, self.min_delta = int(patience), float(min_delta)
+        self.min_epoch = int(min_epoch)
         self._stopper: EarlyStopping | None = None
         self._last_seen = -1
 
     def attach(self, engine: Engine) -> None:
         if self.patience <= 0:
             return
-        self._stopper = EarlyStopping(self.patience, self._score, engine, min_delta=self.min_delta)
+        self._stopper = EarlyStopping(self.patience, self._score, engine, threshold=self.min_delta)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _score(self, engine: Engine) -> float:
@@ -188,6 +208,8 @@ class EarlyStopOnValidation:
         if self._stopper is None or self.evaluator.state.epoch == self._last_seen:
             return  # no new validation this epoch
         self._last_seen = self.evaluator.state.epoch
+        if self.evaluator.state.epoch < self.min_epoch:
+            return
         if self.metric_name in self.evaluator.state.metrics:
             self._stopper(engine)
 

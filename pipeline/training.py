@@ -80,7 +80,7 @@ def _check_recipe(merged: dict[str, Any], source: Any) -> None:
 
     Raises:
         ConfigError: ``checkpoint_metric`` not one of :data:`~naslung.pipeline.metrics.BINARY_METRICS`,
-            ``rotate90_prob`` outside [0, 1], or ``lambda_floor_fraction`` outside (0, 1] (``null`` allowed).
+            ``rotate90_prob`` or ``checkpoint_from_fraction`` outside [0, 1], or ``lambda_floor_fraction`` outside (0, 1] (``null`` allowed).
     """
     where = f" (config: {source})" if isinstance(source, (str, os.PathLike)) else ""
 
@@ -94,6 +94,9 @@ def _check_recipe(merged: dict[str, Any], source: Any) -> None:
     rotate = literal("rotate90_prob", 0.0)
     if rotate is not None and (not isinstance(rotate, (int, float)) or not 0.0 <= float(rotate) <= 1.0):
         raise ConfigError(f"rotate90_prob {rotate!r}{where}: a probability in [0, 1]")
+    start = literal("checkpoint_from_fraction", 0.0)
+    if start is not None and (not isinstance(start, (int, float)) or not 0.0 <= float(start) <= 1.0):
+        raise ConfigError(f"checkpoint_from_fraction {start!r}{where}: a fraction of max_epochs in [0, 1]")
     floor = literal("lambda_floor_fraction", None)
     if floor is not None and (not isinstance(floor, (int, float)) or not 0.0 < float(floor) <= 1.0):
         raise ConfigError(f"lambda_floor_fraction {floor!r}{where}: a fraction of the run in (0, 1], or null")

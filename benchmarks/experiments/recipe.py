@@ -1,7 +1,8 @@
 """Training-recipe experiments on validation folds only: train on folds 0-7, validate on folds 8-9 each epoch.
 
 Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax]
-[--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]``
+[--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]
+[--ema 0.99] [--tta 1]``
 on a prepared data set
 (``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
 (0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
@@ -43,6 +44,8 @@ p.add_argument("--bf16", type=int, default=0)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--val_folds", default="8,9")
+p.add_argument("--ema", type=float, default=0.0)  # >0: also score an exponential moving average of the weights
+p.add_argument("--tta", type=int, default=0)  # 1: also score the mean probability over the 8 flips
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -109,19 +112,32 @@ def augment(x):
     return out.contiguous(memory_format=torch.channels_last_3d)
 
 
-def evaluate():
-    net.eval()
+ema = None
+if a.ema > 0:
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(a.ema), use_buffers=True)
+FLIPS = [()] if not a.tta else [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+
+
+def evaluate(model=None, prefix="val", flips=((),)):
+    model = model or net
+    model.eval()
     probs = []
     with torch.no_grad():
         for s in range(0, len(va), 64):
-            xb = X[va[s : s + 64]].contiguous(memory_format=torch.channels_last_3d)
-            probs.append(torch.softmax(net(xb).float(), 1)[:, 1])
-    net.train()
+            xb = X[va[s : s + 64]]
+            pb = 0
+            for f in flips:
+                xf = (xb.flip(f) if f else xb).contiguous(memory_format=torch.channels_last_3d)
+                pb = pb + torch.softmax(model(xf).float(), 1)[:, 1]
+            probs.append(pb / len(flips))
+    model.train()
     pr = torch.cat(probs).numpy()
     return {
-        "val_acc": float(((pr > 0.5) == labels[va]).mean()),
-        "val_auc": float(roc_auc_score(labels[va], pr)),
-        "val_pos_rate": float((pr > 0.5).mean()),
+        f"{prefix}_acc": float(((pr > 0.5) == labels[va]).mean()),
+        f"{prefix}_auc": float(roc_auc_score(labels[va], pr)),
+        f"{prefix}_pos_rate": float((pr > 0.5).mean()),
     }
 
 
@@ -149,8 +165,16 @@ for ep in range(a.epochs):
         opt.step()
         if sched:
             sched.step()
+        if ema is not None:
+            ema.update_parameters(net)
         losses.append(float(loss.detach()))
     m = evaluate()
+    if a.tta:
+        m.update(evaluate(prefix="tta", flips=FLIPS))
+    if ema is not None:
+        m.update(evaluate(ema.module, prefix="ema"))
+        if a.tta:
+            m.update(evaluate(ema.module, prefix="ematta", flips=FLIPS))
     m.update(
         epoch=ep + 1,
         loss=float(np.mean(losses)),
@@ -169,6 +193,11 @@ res = {
     "history": hist,
     "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
     "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
+    **{
+        f"last5_{k}": float(np.mean([h[k] for h in hist[-5:]]))
+        for k in hist[-1]
+        if k.endswith(("_auc", "_acc")) and not k.startswith("val_")
+    },
 }
 out = Path(__file__).resolve().parents[1] / "results" / "recipe" / f"{a.name}.json"
 out.parent.mkdir(parents=True, exist_ok=True)
