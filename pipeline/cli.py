@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "naslung.pipeline.commands.ensemble",
     "naslung.pipeline.commands.evaluate",
     "naslung.pipeline.commands.export_bundle",
+    "naslung.pipeline.commands.import_reference",
 )
 
 
