@@ -82,10 +82,10 @@ class ReferenceCBAMBlock(nn.Module):
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The softmax channel weights of ``x`` (B, C, *spatial), shaped (B, C, 1, ..., 1), summing to 1 over C."""
-        batch = x.shape[0]
-        descriptors = torch.cat([self.avg_pool(x).flatten(1), self.max_pool(x).flatten(1)], dim=0)
-        from_avg, from_max = self.channel_mlp(descriptors).split(batch, dim=0)
-        weights = torch.softmax(from_avg + from_max, dim=1)
+        # both descriptors through the MLP in one call, stacked on a leading axis (no batch-sized split, which an
+        # ONNX trace would fix to the example's batch size)
+        descriptors = torch.stack([self.avg_pool(x).flatten(1), self.max_pool(x).flatten(1)], dim=0)
+        weights = torch.softmax(self.channel_mlp(descriptors).sum(dim=0), dim=1)
         return weights.reshape(weights.shape + (1,) * (x.ndim - 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
