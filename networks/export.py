@@ -78,11 +78,14 @@ def to_onnx(
     input_shape: Sequence[int],
     opset_version: int = 17,
     dynamic_batch: bool = True,
+    output_names: Sequence[str] = ("logits",),
 ) -> bytes:
     """Export the eval-mode ``model`` to ONNX with the TorchScript-based exporter (``dynamo=False``).
 
-    The graph has one input ``nodule_cube`` (B, *input_shape) and one output ``logits`` (B, K); the batch axis
-    is dynamic unless ``dynamic_batch`` is false.
+    The graph has one input ``nodule_cube`` (B, *input_shape) and one output ``logits`` (B, K) (or one output per
+    name of ``output_names``, for a model returning a tuple); the batch axis is dynamic unless ``dynamic_batch`` is
+    false. The file is written to a temporary name beside ``path`` and renamed onto it, so a reader never sees half
+    a graph.
 
     Args:
         model: the network; it is copied, not changed.
@@ -90,6 +93,7 @@ def to_onnx(
         input_shape: shape of one nodule without the batch axis, e.g. ``(1, 32, 32, 32)``.
         opset_version: ONNX opset.
         dynamic_batch: export a dynamic batch axis.
+        output_names: names of the model's outputs, in the order it returns them.
 
     Returns:
         The serialised ONNX model.
@@ -100,14 +104,15 @@ def to_onnx(
     exported = _eval_copy(model).cpu()
     example = torch.zeros((1, *shape))
     buffer = io.BytesIO()
-    axes = {"nodule_cube": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    names = [str(name) for name in output_names]
+    axes = {name: {0: "batch"} for name in ("nodule_cube", *names)} if dynamic_batch else None
     with torch.no_grad():
         torch.onnx.export(
             exported,
             (example,),
             buffer,
             input_names=["nodule_cube"],
-            output_names=["logits"],
+            output_names=names,
             dynamic_axes=axes,
             opset_version=opset_version,
             dynamo=False,
@@ -116,7 +121,12 @@ def to_onnx(
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
         logger.info("saved ONNX model to %s", path)
     return data
 

@@ -3,8 +3,10 @@
 Sources live in the repository's ``bundles/`` folder (config templates, README templates, LICENSE, the metadata
 JSON schema and the bundle's runtime code); the step adds the trained weights, fills in the metadata (versions,
 architecture, held-out metrics, latency), copies a declared list of naslung modules (the inference runtime, then what
-fine-tuning adds) into ``scripts/naslung_bundle/`` with relative imports, exports TorchScript with ``monai.bundle ckpt_export`` in a subprocess that cannot import
-naslung, and verifies the result (metadata schema, network input/output, model-zoo layout rules).
+fine-tuning adds) into ``scripts/naslung_bundle/`` with relative imports, exports TorchScript with
+``monai.bundle ckpt_export`` in a subprocess that cannot import naslung and ONNX (``models/model.onnx``, run by
+``configs/inference_onnx.json`` on ONNX Runtime), and verifies the result (metadata schema, network input/output,
+ONNX against PyTorch, model-zoo layout rules).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from naslung.bundles.runtime.onnx_predictor import OnnxPredictor
+from naslung.networks.export import to_onnx
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD
@@ -52,6 +57,7 @@ __all__ = [
     "RUNTIME_MODULES",
     "BUNDLE_REQUIREMENTS",
     "MAX_FILE_BYTES",
+    "ONNX_TOLERANCE",
     "BundleMember",
     "ExportedBundle",
     "bundle_sources_dir",
@@ -99,6 +105,7 @@ INFERENCE_MODULES: tuple[str, ...] = (
     "naslung.bundles.runtime.nodule_inputs",
     "naslung.bundles.runtime.ensemble",
     "naslung.bundles.runtime.prediction_writer",
+    "naslung.bundles.runtime.onnx_predictor",
 )
 #: What ``train.json`` (fine-tuning a bundle, e.g. in the MONAI Label app) adds: the losses, the training transforms
 #: and naslung's training config components (metric handlers, learning-rate schedule, inferer, handlers), which still
@@ -109,6 +116,7 @@ FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.pipeline",
     "naslung.pipeline.errors",
     "naslung.pipeline.atomic_io",
+    "naslung.pipeline.progress",
     "naslung.pipeline.config_files",
     "naslung.pipeline.datalists",
     "naslung.pipeline.steps",
@@ -143,6 +151,7 @@ RUNTIME_MODULES: tuple[str, ...] = (
     "naslung.bundles.runtime.nodule_inputs",
     "naslung.bundles.runtime.prediction_writer",
     "naslung.bundles.runtime.ensemble",
+    "naslung.bundles.runtime.onnx_predictor",
 )
 #: Third-party imports allowed at module level in the copied code -> their distribution names.
 BUNDLE_REQUIREMENTS: dict[str, str] = {
@@ -156,6 +165,9 @@ BUNDLE_REQUIREMENTS: dict[str, str] = {
 }
 #: Model-zoo's limit on one file in a bundle; larger files must be listed in ``large_files.yml`` with a URL.
 MAX_FILE_BYTES = 25 * 1024 * 1024
+#: Largest accepted difference between ``models/model.onnx`` on ONNX Runtime and the PyTorch network at export
+#: (logits of a classifier, relative to their size beyond 1; probabilities of an ensemble).
+ONNX_TOLERANCE = 1e-4
 _LARGE_FILE_CONFIGS = ("large_files.yml", "large_files.yaml", "large_files.json")
 _SCRIPTS_TARGET = f"scripts.{BUNDLE_PACKAGE}."
 _NASLUNG_REF = re.compile(r"(?<![\w.])naslung\.(?=[A-Za-z_])")
@@ -892,7 +904,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "naslung": version("naslung") or "unknown",
-        **{name: version(name) for name in ("pytorch-ignite", "scipy", "SimpleITK", "nibabel")},
+        **{name: version(name) for name in ("pytorch-ignite", "scipy", "SimpleITK", "nibabel", "onnxruntime")},
     }
 
 
@@ -970,6 +982,56 @@ def _write_sample_data(folder: Path, n_cubes: int = 4) -> None:
         name = f"synthetic_{index}"
         entries.append({"image": f"{name}.npy", "label": label, "patient_id": name, "nodule_id": name})
     (folder / "datalist.json").write_text(json.dumps(entries, indent=2) + "\n")
+
+
+class _EnsembleGraph(torch.nn.Module):
+    """The ensemble as one ONNX graph: ``x`` (B, 1, D, H, W) -> the members' mean class probabilities (B, 2) and
+    each member's probability of malignancy (B, n), as ``EnsembleClassifier``'s ``forward`` and
+    ``member_probabilities`` compute them."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = torch.stack([torch.softmax(member(x), dim=1) for member in self.members], dim=1)
+        return probabilities.mean(dim=1), probabilities[:, :, 1]
+
+
+def _export_onnx(networks: Sequence[torch.nn.Module], path: Path, ensemble: bool) -> OnnxPredictor:
+    """Write ``models/model.onnx`` (atomically) and check it on ONNX Runtime against the PyTorch network(s).
+
+    A classifier's graph returns the logits (B, 2); an ensemble's one graph returns ``probabilities`` (B, 2), the
+    members' mean, and ``member_probabilities`` (B, n), which the ensemble's inferer reads.
+
+    Returns:
+        the bundle's :class:`~naslung.bundles.runtime.onnx_predictor.OnnxPredictor` of the file, one thread.
+
+    Raises:
+        ConfigError: the export fails, or ONNX Runtime differs from PyTorch by more than :data:`ONNX_TOLERANCE`.
+    """
+    model = _EnsembleGraph(networks).eval() if ensemble else networks[0]
+    names = ("probabilities", "member_probabilities") if ensemble else ("logits",)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer warnings
+            to_onnx(model, path, (1, 32, 32, 32), output_names=names)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise ConfigError(f"ONNX export of the bundle's network to {path} failed: {err}") from err
+    predictor = OnnxPredictor(path, num_threads=1)
+    cubes = torch.rand((3, 1, 32, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(cubes)
+        produced = predictor.outputs(cubes)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for name, reference in zip(names, expected, strict=True):
+        difference = ((produced[name] - reference).abs() / reference.abs().clamp(min=1.0)).max().item()
+        if not difference <= ONNX_TOLERANCE:
+            raise ConfigError(
+                f"{path}: ONNX Runtime's {name!r} differs from PyTorch's by {difference:.2e} > {ONNX_TOLERANCE:g}; "
+                "report the exporter issue (configs/inference.json, PyTorch, is unaffected)"
+            )
+    return predictor
 
 
 def _latency_ms(networks: Sequence[torch.nn.Module]) -> float:
@@ -1059,7 +1121,8 @@ def check_bundle_layout(bundle_dir: str | os.PathLike) -> list[str]:
     ``bundle_root``, ``device``, ``dataset_dir``, ``output_dir`` and the ``train``/``validate`` components, and
     uses ``@val_interval`` in its ``ValidationHandler``; config strings hold no absolute or personal paths; no
     file exceeds 25 MB unless ``large_files.yml`` lists it with a URL; ``models/model.pt`` is a plain
-    ``state_dict``; no compiled Python files are shipped.
+    ``state_dict``; no compiled Python files are shipped. naslung's own rule: ``configs/inference_onnx.json`` and
+    the ``models/model.onnx`` it runs come together.
 
     Args:
         bundle_dir: the bundle's root folder.
@@ -1075,6 +1138,11 @@ def check_bundle_layout(bundle_dir: str | os.PathLike) -> list[str]:
     inference = _config_file(root / "configs", "inference")
     if inference is None:
         problems.append("missing configs/inference.json (or .yaml)")
+    onnx_config = (root / "configs" / "inference_onnx.json").is_file()
+    onnx_model = (root / "models" / "model.onnx").is_file()
+    if onnx_config != onnx_model:
+        have, lack = ("configs/inference_onnx.json", "models/model.onnx")[:: 1 if onnx_config else -1]
+        problems.append(f"{have} without {lack}; export the bundle again")
     metadata: dict[str, Any] = {}
     if (root / "configs/metadata.json").is_file():
         try:
@@ -1312,9 +1380,11 @@ def _build(
     else:
         torch.save(weights[0], work / "models" / "model.pt")
     jobs.append({"net_id": "network_def", "pt": "models/model.pt", "ts": "models/model.ts"})
+    onnx_predictor = _export_onnx(networks, work / "models" / "model.onnx", ensemble)
     next(stages, None)
 
     latency = _latency_ms(networks)
+    onnx_latency = _latency_ms([onnx_predictor])
     parameters = [sum(p.numel() for p in network.parameters()) for network in networks]
     architectures = [
         {
@@ -1362,13 +1432,27 @@ def _build(
         eval_metrics=eval_metrics,
         eval_protocol=protocol,
         network_architecture=architectures if ensemble else architectures[0],
-        latency_ms_per_nodule={"value": round(latency, 3), "device": "cpu", "threads": 1, "batch_size": 1},
+        latency_ms_per_nodule={
+            "value": round(latency, 3),
+            "onnxruntime": round(onnx_latency, 3),
+            "device": "cpu",
+            "threads": 1,
+            "batch_size": 1,
+        },
+        inference_configs={
+            "configs/inference.json": "PyTorch: the network built from scripts/ with models/model.pt",
+            "configs/inference_onnx.json": (
+                "overlay on inference.json: models/model.onnx on ONNX Runtime (CPU); needs onnxruntime "
+                f"(exported with onnxruntime {versions['onnxruntime'] or 'unknown'})"
+            ),
+        },
         naslung_version=versions["naslung"],
         scripts_modules=modules,
     )
     metadata["description"] = _description(kind, chosen, texts["data_short"])
     write_json(work / "configs" / "metadata.json", metadata, indent=4)
     write_json(work / "configs" / "inference.json", inference, indent=4)
+    shutil.copyfile(sources / kind / "configs" / "inference_onnx.json", work / "configs" / "inference_onnx.json")
     shutil.copyfile(sources / kind / "configs" / "evaluate.json", work / "configs" / "evaluate.json")
     write_json(work / "configs" / "train.json", train, indent=4)
     next(stages, None)
@@ -1378,8 +1462,10 @@ def _build(
     )
     shutil.copyfile(sources / "docs" / license_name, work / "docs" / "data_license.txt")
     latency_text = (
-        f"{latency:.2f} ms per nodule for the network{'s' if ensemble else ''} alone on one CPU thread (batch 1, "
-        f"median, measured at export on the exporting machine); reading a scan and cutting the cube add to this"
+        f"{latency:.2f} ms per nodule for the network{'s' if ensemble else ''} alone on PyTorch "
+        f"(`inference.json`) and {onnx_latency:.2f} ms on ONNX Runtime (`inference_onnx.json`), one CPU thread "
+        f"(batch 1, median, measured at export on the exporting machine); reading a scan and cutting the cube add "
+        f"to this"
     )
     values = {
         "title": metadata["name"],
@@ -1467,6 +1553,8 @@ def run_bundle_inference(
     extra_configs: Sequence[str] = (),
     hide_naslung: bool = True,
     timeout_s: float = 600.0,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Path:
     """Run a bundle's ``configs/inference.json`` with ``python -m monai.bundle run`` in a fresh process.
 
@@ -1477,10 +1565,12 @@ def run_bundle_inference(
         bundle_dir: the bundle root (passed as ``--bundle_root``).
         datalist: the JSON datalist (``--datalist``).
         output_dir: where ``predictions.csv`` goes (``--output_dir``).
-        extra_configs: further config files merged after ``inference.json`` (e.g. ``configs/evaluate.json``),
-            relative to the bundle root.
+        extra_configs: further config files merged after ``inference.json`` (e.g. ``configs/evaluate.json``, or
+            ``configs/inference_onnx.json`` for ONNX Runtime), relative to the bundle root.
         hide_naslung: block ``import naslung`` in the process.
         timeout_s: wall-clock limit in seconds.
+        overrides: further ``--key value`` arguments of ``monai.bundle run`` (config ids, e.g. ``batch_size``).
+        env: environment variables set in the process on top of this one's (e.g. ``OMP_NUM_THREADS``).
 
     Returns:
         the path of ``predictions.csv``.
@@ -1493,22 +1583,25 @@ def run_bundle_inference(
     config_arg = configs[0] if len(configs) == 1 else json.dumps(configs)
     args = ["run", "--config_file", config_arg, "--bundle_root", str(bundle)]
     args += ["--datalist", str(Path(datalist).resolve()), "--output_dir", str(Path(output_dir).resolve())]
+    for key, value in (overrides or {}).items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     if hide_naslung:
         command = [sys.executable, "-c", hide_naslung_code() + _HIDDEN_RUNNER, *args]
     else:
         command = [sys.executable, "-m", "monai.bundle", *args]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
+    process_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    process_env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="naslung-bundle-run-") as workdir:
         try:
             result = subprocess.run(
-                command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+                command, cwd=workdir, env=process_env, capture_output=True, text=True, timeout=timeout_s, check=False
             )
         except subprocess.TimeoutExpired as err:
             raise ConfigError(f"bundle inference of {bundle} took longer than {timeout_s:.0f} s") from err
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-        raise ConfigError(f"bundle inference of {bundle} failed:\n{tail}")
+        names = " + ".join(Path(c).name for c in configs)
+        raise ConfigError(f"bundle inference of {bundle} ({names}) failed:\n{tail}")
     csv_path = Path(output_dir) / "predictions.csv"
     if not csv_path.is_file():
         raise ConfigError(f"bundle inference of {bundle} wrote no {csv_path}")
@@ -1521,7 +1614,8 @@ def smoke_test_bundle(
     """Run an exported bundle, without naslung, on a few cubes of the run's data and compare with naslung.
 
     The first ``n_nodules`` cubes of ``data_dir/manifest.csv`` go through the bundle's inference in a fresh
-    process that cannot import naslung; naslung then predicts the same cubes with the same weights
+    process that cannot import naslung, once with ``inference.json`` (PyTorch) and once with
+    ``inference_onnx.json`` (ONNX Runtime); naslung then predicts the same cubes with the same weights
     (:func:`naslung.pipeline.training.predict`, member probabilities averaged for an ensemble).
 
     Args:
@@ -1531,7 +1625,8 @@ def smoke_test_bundle(
         tolerance: largest accepted difference of a probability.
 
     Returns:
-        ``{"status": "ok" | "failed", "bundle", "n", "n_failed", "max_abs_difference", "seconds", "problems"}``.
+        ``{"status": "ok" | "failed", "bundle", "n", "n_failed", "max_abs_difference", "onnx_max_abs_difference",
+        "seconds", "problems"}`` (the differences are from naslung's probabilities).
 
     Raises:
         ConfigError: the bundle cannot be run at all.
@@ -1556,6 +1651,11 @@ def smoke_test_bundle(
         csv_path = run_bundle_inference(bundle, datalist, Path(workdir) / "out")
         with open(csv_path, newline="") as handle:
             rows = list(csv.DictReader(handle))
+        onnx_rows: list[dict[str, str]] = []
+        if (bundle / "configs" / "inference_onnx.json").is_file():
+            onnx_csv = run_bundle_inference(bundle, datalist, Path(workdir) / "onnx", ["configs/inference_onnx.json"])
+            with open(onnx_csv, newline="") as handle:
+                onnx_rows = list(csv.DictReader(handle))
     seconds = time.perf_counter() - started
     if len(architectures) == 1:
         weight_files = [bundle / "models" / "model.pt"]
@@ -1575,12 +1675,26 @@ def smoke_test_bundle(
     largest = max(differences) if differences else math.nan
     if differences and largest > tolerance:
         problems.append(f"bundle and naslung differ by {largest:.2e} > {tolerance:g}")
+    onnx_differences = [
+        abs(float(row["probability"]) - float(value))
+        for row, value in zip(onnx_rows, expected, strict=False)
+        if row.get("probability")
+    ]
+    onnx_largest = max(onnx_differences) if onnx_differences else math.nan
+    if not onnx_rows:
+        problems.append("no configs/inference_onnx.json (ONNX Runtime); export the bundle again")
+    elif len(onnx_differences) != len(differences) or onnx_largest > tolerance:
+        problems.append(
+            f"inference_onnx.json: {len(onnx_differences)} probabilities, differing from naslung by up to "
+            f"{onnx_largest:.2e} (tolerance {tolerance:g})"
+        )
     return {
         "status": "ok" if not problems and differences else "failed",
         "bundle": str(bundle),
         "n": len(rows),
         "n_failed": sum(1 for row in rows if row.get("error")),
         "max_abs_difference": largest,
+        "onnx_max_abs_difference": onnx_largest,
         "seconds": round(seconds, 2),
         "problems": problems,
     }

@@ -39,6 +39,7 @@ import scripts.naslung_bundle.networks
 import scripts.naslung_bundle.runtime.nodule_inputs
 import scripts.naslung_bundle.runtime.ensemble
 import scripts.naslung_bundle.runtime.prediction_writer
+import scripts.naslung_bundle.runtime.onnx_predictor
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(('scripts', 'ignite', 'naslung')))))
 """
 
