@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ignite.handlers import EarlyStopping, TerminateOnNan
 from monai.data.utils import set_rnd
 
 from naslung.pipeline.atomic_io import atomic_path, write_json
+from naslung.pipeline.progress import Progress
 
 __all__ = [
     "EpochSeedHandler",
@@ -23,6 +25,7 @@ __all__ = [
     "EarlyStopOnValidation",
     "TerminateOnNanLoss",
     "PredictionCollector",
+    "EpochProgress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -265,3 +268,42 @@ class PredictionCollector:
                     "probability": probability,
                 }
             )
+
+
+class EpochProgress:
+    """Report the epochs an engine runs through a :class:`~naslung.pipeline.progress.Progress` reporter (the
+    CLI's tqdm bar; silent by default), as ``for epoch in progress(range(first, max_epochs)): ...`` would.
+
+    Attach it after :class:`ResumableCheckpoint`: at ``STARTED`` it sees the resumed epoch, so the bar counts
+    the epochs left. It advances at each ``EPOCH_COMPLETED`` and is closed at ``COMPLETED`` (also when a handler
+    terminated the run early). No ``EXCEPTION_RAISED`` handler is added, since one would make Ignite swallow the
+    exception.
+
+    Args:
+        progress: the reporter.
+        desc: the bar's label.
+    """
+
+    def __init__(self, progress: Progress, desc: str = "epochs") -> None:
+        self.progress, self.desc = progress, desc
+        self._ticks: Iterator[int] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.open)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.advance)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def open(self, engine: Engine) -> None:
+        first, last = int(engine.state.epoch), int(engine.state.max_epochs or 0)
+        self._ticks = iter(self.progress(range(first, last), total=max(last - first, 0), desc=self.desc))
+        next(self._ticks, None)  # a bar shows 0 done once its first item is drawn
+
+    def advance(self, engine: Engine) -> None:
+        if self._ticks is not None:
+            next(self._ticks, None)
+
+    def close(self, engine: Engine | None = None) -> None:
+        close = getattr(self._ticks, "close", None)
+        if close is not None:
+            close()
+        self._ticks = None

@@ -7,7 +7,8 @@ probable architectures in the space trained like POP candidates.
     settings.json            what the search depends on; a resume with other settings is refused
     journal.jsonl            one record per supernet epoch: temperature, losses, architecture probabilities,
                              derived spec, its F1 on the architecture half, expected latency
-    supernet.pt              the last finished epoch (supernet, both optimisers, RNG states, the epoch records)
+    supernet.pt              the last finished epoch (supernet, both optimisers, the epoch records, the engine's
+                             epoch); it loads with ``weights_only=True``
     latency_table.json       per-operation latencies (ms) when latency_weight > 0, measured once
     candidates.jsonl         the derived specs trained like POP candidates (spec, params, macs, latency_ms, f1, ...)
     candidates/<slug>/all/   their training folders
@@ -16,8 +17,9 @@ probable architectures in the space trained like POP candidates.
     selected.json            the same format as POP's, read by retraining, the ensemble and the bundles
     summary.json, done.json  counts and timings; the marker that makes an identical re-run a no-op
 
-A killed search resumes from ``supernet.pt``: finished epochs are not run again; trained candidates are not
-trained again.
+The supernet epochs run as an Ignite engine (:func:`~naslung.pipeline.search.supernet_trainer.create_supernet_trainer`)
+with the training's epoch seeding and resumable checkpoint. A killed search resumes from ``supernet.pt``: finished
+epochs are not run again, and it ends as an uninterrupted search would; trained candidates are not trained again.
 """
 
 from __future__ import annotations
@@ -25,23 +27,37 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import math
-import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from monai.data import CacheDataset, DataLoader
 
+from naslung.networks.gumbel import TemperatureSchedule
 from naslung.networks.spec import ArchSpec
 from naslung.networks.supernet import KEEP, SKIP, CBAMSupernet3D, measure_latency_table
-from naslung.pipeline.atomic_io import atomic_open, atomic_path, write_json
+from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.datalists import split_for_fold
 from naslung.pipeline.errors import ConfigError, SearchError
+from naslung.pipeline.figures import plot_architecture_probabilities
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device
+from naslung.pipeline.search.candidate_latency import candidate_profiler
+from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
+from naslung.pipeline.search.pareto import pareto_front
+from naslung.pipeline.search.search_folder import check_search_settings, selected_payload, table_row
+from naslung.pipeline.search.selection import select_candidates
 from naslung.pipeline.search.space import SearchSpace, to_arch_spec
+from naslung.pipeline.search.supernet_trainer import (
+    BilevelUpdate,
+    PairedLoader,
+    SupernetEpochRecorder,
+    create_supernet_trainer,
+)
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.transforms import train_transforms
 
 __all__ = ["DNAS_OUTPUTS", "supernet_for_space", "derive_specs", "run_dnas_search"]
 
@@ -151,55 +167,10 @@ def derive_specs(supernet: CBAMSupernet3D, space: SearchSpace, top_n: int = 1) -
 
 
 # ------------------------------------------------------------------------------------------------------- training
-class _Paired:
-    """Re-iterable zip of the weight and architecture loaders (one epoch = the shorter one)."""
-
-    def __init__(self, weights: Any, arch: Any) -> None:
-        self.weights, self.arch = weights, arch
-
-    def __len__(self) -> int:
-        return min(len(self.weights), len(self.arch))
-
-    def __iter__(self) -> Any:
-        return zip(self.weights, self.arch, strict=False)
-
-
-def _loader(items: Sequence[Mapping[str, Any]], batch_size: int, seed: int) -> Any:
-    from monai.data import CacheDataset, DataLoader
-
-    from naslung.transforms import train_transforms
-
+def _loader(items: Sequence[Mapping[str, Any]], batch_size: int, seed: int) -> DataLoader:
     dataset = CacheDataset([dict(i) for i in items], train_transforms(), cache_rate=1.0, num_workers=0, progress=False)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0, generator=generator)
-
-
-def _rng_state() -> dict[str, Any]:
-    """torch, NumPy and Python RNG states as tensors and plain numbers, so the checkpoint loads ``weights_only``."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-    }  # fmt: skip
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["name"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["internal"].tolist()), python_state["gauss"]))
 
 
 def _uniform_latency(supernet: CBAMSupernet3D, table: Mapping[str, float]) -> float:
@@ -214,17 +185,14 @@ def _uniform_latency(supernet: CBAMSupernet3D, table: Mapping[str, float]) -> fl
     return value
 
 
-def _check_settings(out: Path, settings: dict[str, Any], resuming: bool) -> None:
-    from naslung.pipeline.search.runner import check_search_settings  # runner dispatches to this module
-
-    check_search_settings(out, settings, "dnas", lambda: resuming, out / "supernet.pt")
+def _check_settings(out: Path, settings: dict[str, Any], checkpoint: Path) -> None:
+    check_search_settings(out, settings, "dnas", checkpoint.is_file, checkpoint)
+    if checkpoint.is_file() and "trainer" not in torch.load(checkpoint, map_location="cpu", weights_only=True):
+        raise SearchError(
+            f"{checkpoint} was written by a naslung whose DNAS loop was not an Ignite engine and cannot be resumed; "
+            "delete it to run the supernet epochs again, or use a new --out folder"
+        )
     write_json(out / "settings.json", settings)
-
-
-def _write_journal(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, default=str) + "\n")
 
 
 def run_dnas_search(
@@ -249,18 +217,8 @@ def run_dnas_search(
 
     Raises:
         ConfigError: a bad ``dnas`` option.
-        SearchError: other settings than the checkpoint's, or a failed candidate.
+        SearchError: other settings than the checkpoint's, a checkpoint of an older naslung, or a failed candidate.
     """
-    from naslung.networks.gumbel import TemperatureSchedule
-    from naslung.pipeline.datalists import split_for_fold
-    from naslung.pipeline.figures import plot_architecture_probabilities
-    from naslung.pipeline.metrics import binary_metrics
-    from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device
-    from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
-    from naslung.pipeline.search.pareto import pareto_front
-    from naslung.pipeline.search.runner import candidate_profiler, select_candidates, selected_payload, table_row
-    from naslung.pipeline.training import predict
-
     dcfg = dict(cfg["dnas"])
     epochs = int(dcfg["epochs"])
     if epochs < 1 or int(dcfg["warmup_epochs"]) < 0 or int(dcfg["candidates"]) < 1:
@@ -296,7 +254,7 @@ def run_dnas_search(
         logger.info("%s is up to date; skipping the DNAS search", out)
         return {**json.loads((out / "summary.json").read_text(encoding="utf-8")), "skipped": True}
     checkpoint_path = out / "supernet.pt"
-    _check_settings(out, settings, resuming=checkpoint_path.is_file())
+    _check_settings(out, settings, checkpoint_path)
 
     device = torch.device(resolve_device(dcfg.get("device")))
     torch.manual_seed(seed)
@@ -310,8 +268,7 @@ def run_dnas_search(
     )  # fmt: skip
     split = split_for_fold(datalist, None, val_fraction=float(dcfg["arch_fraction"]), seed=seed)
     batch_size = int(dcfg["batch_size"])
-    paired = _Paired(_loader(split.train, batch_size, seed), _loader(split.val, batch_size, seed + 1))
-    loss_fn = torch.nn.CrossEntropyLoss()
+    paired = PairedLoader(_loader(split.train, batch_size, seed), _loader(split.val, batch_size, seed + 1))
 
     latency_weight = float(dcfg["latency_weight"])
     table: dict[str, float] = {}
@@ -327,78 +284,18 @@ def run_dnas_search(
             write_json(table_path, table)
         latency_scale = _uniform_latency(supernet, table)
 
-    records: list[dict[str, Any]] = []
-    start_epoch = 0
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        supernet.load_state_dict(state["supernet"])
-        weight_opt.load_state_dict(state["weight_opt"])
-        arch_opt.load_state_dict(state["arch_opt"])
-        _set_rng_state(state["rng"])
-        records, start_epoch = list(state["records"]), int(state["epoch"])
-        logger.info("resuming the DNAS search after epoch %d of %d", start_epoch, epochs)
-    _write_journal(out / "journal.jsonl", records)  # the checkpoint's records win over a longer torn journal
-
+    update = BilevelUpdate(
+        supernet, weight_opt, arch_opt, device, warmup_epochs=int(dcfg["warmup_epochs"]),
+        grad_clip=float(dcfg["grad_clip"]), latency_weight=latency_weight, latency_table=table,
+        latency_scale=latency_scale,
+    )  # fmt: skip
+    recorder = SupernetEpochRecorder(
+        supernet, lambda net: derive_specs(net, space, 1)[0], split.val, out / "journal.jsonl", device, batch_size,
+        warmup_epochs=int(dcfg["warmup_epochs"]), latency_table=table,
+    )  # fmt: skip
+    trainer = create_supernet_trainer(update, recorder, paired, schedule, seed, checkpoint_path, epochs, progress)
     start = time.perf_counter()
-    for epoch in progress(range(start_epoch, epochs), total=max(epochs - start_epoch, 0), desc="DNAS epochs"):
-        epoch_start = time.perf_counter()
-        supernet.train()
-        supernet.temperature = schedule(epoch)
-        search_arch = epoch >= int(dcfg["warmup_epochs"])
-        weight_losses, arch_losses = [], []
-        for weight_batch, arch_batch in paired:
-            if search_arch:  # architecture step on the architecture half (CovidNet3D: before the weight step)
-                arch_opt.zero_grad()
-                logits = supernet(arch_batch["image"].to(device))
-                loss = loss_fn(logits, arch_batch["label"].to(device).long())
-                if latency_weight > 0:
-                    loss = loss + latency_weight * supernet.expected_latency(table) / latency_scale
-                loss.backward()
-                arch_opt.step()
-                arch_losses.append(loss.item())
-            weight_opt.zero_grad()
-            logits = supernet(weight_batch["image"].to(device))
-            loss = loss_fn(logits, weight_batch["label"].to(device).long())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(supernet.weight_parameters(), float(dcfg["grad_clip"]))
-            weight_opt.step()
-            weight_losses.append(loss.item())
-        derived, log_prob = derive_specs(supernet, space, 1)[0]
-        rows = predict(supernet, split.val, device, batch_size)  # eval mode: the arg-max sub-network
-        metrics = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows])
-        record = {
-            "epoch": epoch + 1,
-            "temperature": supernet.temperature,
-            "arch_updates": search_arch,
-            "weight_loss": float(np.mean(weight_losses)) if weight_losses else math.nan,
-            "arch_loss": float(np.mean(arch_losses)) if arch_losses else None,
-            "spec": str(derived),
-            "log_probability": log_prob,
-            "argmax_spec": str(supernet.spec_of(supernet.argmax_choices())),
-            "f1": float(metrics["f1"]),
-            "accuracy": float(metrics["accuracy"]),
-            "expected_latency_ms": supernet.expected_latency(table).item() if table else None,
-            "probabilities": supernet.probabilities(),
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        records.append(record)
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {
-                    "epoch": epoch + 1,
-                    "supernet": supernet.state_dict(),
-                    "weight_opt": weight_opt.state_dict(),
-                    "arch_opt": arch_opt.state_dict(),
-                    "rng": _rng_state(),
-                    "records": records,
-                },
-                tmp,
-            )
-        _write_journal(out / "journal.jsonl", records)
-        logger.info(
-            "DNAS epoch %d/%d: tau %.3f, derived %s (arg-max sub-network F1 %.4f on the architecture half)",
-            epoch + 1, epochs, supernet.temperature, derived, record["f1"],
-        )  # fmt: skip
+    trainer.run(paired, max_epochs=epochs)
     supernet_seconds = time.perf_counter() - start
 
     # the most probable architectures of the space, each trained and timed exactly like a POP candidate
@@ -428,6 +325,7 @@ def run_dnas_search(
     front = pareto_front(candidates, score_key=score_key)
     write_pareto_csv(candidates, out / "pareto.csv", score_key=score_key)
     options = {d.name: d.options for d in supernet.decisions}
+    records = recorder.records
     plot_architecture_probabilities(records, out / "alphas.png", options=options)
     selected = select_candidates(
         candidates, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"), score_key=score_key, rule=cfg["select"]
@@ -439,7 +337,7 @@ def run_dnas_search(
         "space": space.describe(),
         "stop_reason": f"{epochs} supernet epochs",
         "epochs": epochs,
-        "resumed_epochs": start_epoch,
+        "resumed_epochs": recorder.resumed_epochs,
         "iterations": len(records),
         "trained": len(candidates),
         "evaluated": trained_now,

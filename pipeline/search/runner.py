@@ -39,21 +39,25 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.config_files import read_config_file
+from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, SearchError
+from naslung.pipeline.figures import plot_pareto
 from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, CandidateProfiler, search_datalist
+from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, search_datalist
+from naslung.pipeline.search.candidate_latency import candidate_profiler
+from naslung.pipeline.search.dnas import run_dnas_search
 from naslung.pipeline.search.executors import make_executor
 from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
-from naslung.pipeline.search.latency_table import LatencyTable, resolve_latency_table_path
 from naslung.pipeline.search.pareto import pareto_front
 from naslung.pipeline.search.pop import run_search
+from naslung.pipeline.search.search_folder import check_search_settings, selected_payload, table_row
 from naslung.pipeline.search.selection import SELECTION_RULES, select_candidates
 from naslung.pipeline.search.space import SearchSpace
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
@@ -65,6 +69,7 @@ __all__ = [
     "search_space_from_config",
     "select_candidates",
     "candidate_profiler",
+    "check_search_settings",
     "selected_payload",
     "table_row",
     "run_search_step",
@@ -157,29 +162,6 @@ def search_space_from_config(config: Mapping[str, Any]) -> SearchSpace:
     return SearchSpace(**dict(config["space"]))
 
 
-def candidate_profiler(
-    config: Mapping[str, Any], train_config: Mapping[str, Any], known: Mapping[str, float] | None = None
-) -> CandidateProfiler:
-    """The latency function of a merged search config: its latency settings and the machine's latency table.
-
-    Args:
-        config: the merged search config (``latency_*`` keys, ``latency_table``).
-        train_config: a candidate's merged training config (defines attention and head).
-        known: latencies this search measured before (its journal), which win over the table.
-    """
-    table_path = resolve_latency_table_path(config.get("latency_table"))
-    return CandidateProfiler(
-        train_config,
-        device=config.get("latency_device"),
-        latency_batch=int(config["latency_batch"]),
-        num_threads=config.get("latency_threads"),
-        warmup=int(config["latency_warmup"]),
-        repeats=int(config["latency_repeats"]),
-        known=known,
-        table=LatencyTable(table_path) if table_path is not None else None,
-    )
-
-
 def _replay_settings(
     config: Mapping[str, Any],
     datalist: Sequence[Mapping[str, Any]],
@@ -194,44 +176,6 @@ def _replay_settings(
     return json.loads(json.dumps(settings, default=str))
 
 
-def check_search_settings(
-    out: Path, settings: Mapping[str, Any], strategy: str, resuming: Callable[[], bool], state: Path
-) -> bool:
-    """Refuse a search folder that holds the other strategy's search or, when resuming, other settings.
-
-    Args:
-        out: the search folder; its ``settings.json`` is what a search there was started with.
-        settings: this search's settings (``strategy`` missing means POP).
-        strategy: ``"pop"`` or ``"dnas"``.
-        resuming: tells whether ``state`` (the journal or the supernet checkpoint) holds finished work to continue;
-            called only once the folder is known to hold this strategy's search (the other strategy's journal
-            need not parse as this one's).
-        state: the file a resumed search continues from, named in the error.
-
-    Returns:
-        whether ``settings.json`` was there.
-
-    Raises:
-        SearchError: the folder holds the other strategy's search, or resuming with changed settings.
-    """
-    path = out / "settings.json"
-    if not path.is_file():
-        return False
-    stored = json.loads(path.read_text(encoding="utf-8"))
-    found = stored.get("strategy", "pop")
-    if found != strategy:
-        raise SearchError(
-            f"{out} holds a {found.upper()} search; use a new --out folder for a {strategy.upper()} search"
-        )
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if changed and resuming():
-        raise SearchError(
-            f"{state}: was written with other settings ({', '.join(changed)} differ from {path}); "
-            "use the same settings to resume, or a new --out folder for a new search"
-        )
-    return True
-
-
 def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -> None:
     def resuming() -> bool:
         return bool(journal.exists() and len(journal))
@@ -239,40 +183,6 @@ def _check_resume(out: Path, journal: SearchJournal, settings: dict[str, Any]) -
     if not check_search_settings(out, settings, "pop", resuming, journal.path) and resuming():
         logger.warning("%s has no settings.json; assuming the journal matches these settings", out)
     write_json(out / "settings.json", settings)
-
-
-def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns of a trained candidate shown in summaries and ``selected.json`` (``front_rank`` when set)."""
-    keys = ("spec", "params", "macs", "latency_ms", "auc", "f1", "accuracy", "sensitivity", "specificity", "best_epoch")
-    row = {key: record.get(key) for key in keys}
-    if "front_rank" in record:
-        row["front_rank"] = record["front_rank"]
-    return row
-
-
-def selected_payload(
-    config: Mapping[str, Any], selected: Sequence[Mapping[str, Any]], test_folds: Sequence[int]
-) -> dict[str, Any]:
-    """The content of ``selected.json`` (read by :func:`~naslung.pipeline.search.journal.read_selected_specs`).
-
-    ``specs`` in selection order; ``score_key`` the validation metric of the search-time scores in ``candidates``;
-    ``select`` the rule (``"pareto"``: ``candidates[i]["front_rank"]`` is its non-dominated front, 1 = Pareto).
-    """
-    return {
-        "specs": [r["spec"] for r in selected],
-        "score_key": config["score_metric"],
-        "select": config["select"],
-        "select_top_n": int(config["select_top_n"]),
-        "latency_budget_ms": config.get("latency_budget_ms"),
-        "candidates": [table_row(r) for r in selected],
-        "searched_with": {
-            "attention": config["attention"],
-            "loss_name": config["loss_name"],
-            "epochs_per_candidate": int(config["epochs_per_candidate"]),
-        },
-        "test_folds": list(test_folds),
-        "journal": "journal.jsonl",
-    }
 
 
 def run_search_step(
@@ -299,8 +209,6 @@ def run_search_step(
         DataError: no manifest, or no nodule outside the evaluation folds.
         SearchError: the journal was written with other settings, or a candidate failed.
     """
-    from naslung.pipeline.datalists import read_manifest
-
     cfg = load_search_config(config, overrides)
     data = data_dir if data_dir is not None else cfg.get("data_dir")
     if not data:
@@ -313,8 +221,6 @@ def run_search_step(
 
     train_config = read_config_file(cfg["train_config"], "training config") if cfg.get("train_config") else None
     if cfg["strategy"] == "dnas":
-        from naslung.pipeline.search.dnas import run_dnas_search
-
         return run_dnas_search(out, cfg, datalist, space, train_config, progress)
     evaluator = CandidateEvaluator(
         datalist,
@@ -386,8 +292,6 @@ def run_search_step(
         raise SearchError(f"the search trained no candidate ({result.stop_reason}); raise max_candidates/max_seconds")
     front = pareto_front(records, score_key=score_key)
     write_pareto_csv(records, out / "pareto.csv", score_key=score_key)
-    from naslung.pipeline.figures import plot_pareto
-
     plot_pareto(records, front, out / "pareto.png", pruned_count=result.pruned, score_key=score_key)
     selected = select_candidates(
         records, int(cfg["select_top_n"]), cfg.get("latency_budget_ms"), score_key=score_key, rule=cfg["select"]

@@ -4,6 +4,7 @@ the normal training path and POP's selected.json, a killed search resumes after 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -167,17 +168,41 @@ def test_bad_strategy_config(overrides, message):
         load_search_config(None, overrides)
 
 
-def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
-    import random
+def test_checkpoint_loads_weights_only(resumed):
+    """supernet.pt holds plain tensors and numbers: the engine's epoch, both optimisers, the supernet, the records."""
+    out, *_ = resumed
+    state = torch.load(out / "supernet.pt", weights_only=True)
+    assert set(state) == {"supernet", "weight_opt", "arch_opt", "records", "trainer"}
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]  # two finished epochs
+    assert [r["epoch"] for r in state["records"]["records"]] == [1, 2]
 
-    import numpy as np
-    import torch
 
-    from naslung.pipeline.search.dnas import _rng_state, _set_rng_state
+def test_resumed_search_ends_as_an_uninterrupted_one(resumed, cube_dir, tmp_path):
+    """One epoch, then two in the same folder (the candidate of epoch 1 trained in between) gives the journal,
+    supernet and selection of a two-epoch search run at once (with the same measured latency table)."""
+    out, *_, second, _ = resumed
+    shutil.copy(out / "latency_table.json", tmp_path / "latency_table.json")  # timings differ between measurements
+    whole = run_search_step(tmp_path, _with(2), data_dir=cube_dir)
+    assert whole["resumed_epochs"] == 0 and whole["selected"] == second["selected"]
 
-    random.seed(3), np.random.seed(4), torch.manual_seed(5)
-    np.random.normal()  # a cached Gaussian in NumPy's state
-    torch.save({"rng": _rng_state(), "records": [{"spec": "[4,4,[4],[4],[4]]", "loss": 0.5}]}, tmp_path / "s.pt")
-    expected = (random.random(), float(np.random.normal()), float(torch.rand(1)))
-    _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
-    assert (random.random(), float(np.random.normal()), float(torch.rand(1))) == expected
+    def journal(folder):
+        lines = (folder / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert journal(out) == journal(tmp_path)
+    resumed_state = torch.load(out / "supernet.pt", weights_only=True)["supernet"]
+    whole_state = torch.load(tmp_path / "supernet.pt", weights_only=True)["supernet"]
+    assert all(torch.equal(resumed_state[k], whole_state[k]) for k in whole_state)
+
+
+def test_checkpoint_of_the_hand_written_loop_is_refused(resumed, cube_dir, tmp_path):
+    """A supernet.pt without the engine's state (the format before the Ignite engine) is not silently restarted."""
+    tmp_path = tmp_path / "search"
+    shutil.copytree(resumed[0], tmp_path)
+    state = torch.load(tmp_path / "supernet.pt", weights_only=True)
+    legacy = {"epoch": 1, "supernet": state["supernet"], "weight_opt": state["weight_opt"],
+              "arch_opt": state["arch_opt"], "records": state["records"]["records"]}  # fmt: skip
+    torch.save(legacy, tmp_path / "supernet.pt")
+    (tmp_path / "done.json").unlink()
+    with pytest.raises(SearchError, match="supernet.pt.*new --out folder"):
+        run_search_step(tmp_path, _with(3), data_dir=cube_dir)
