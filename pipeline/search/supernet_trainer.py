@@ -101,7 +101,9 @@ class BilevelUpdate:
         logits = self.supernet(batch["image"].to(self.device))
         return self.loss_function(logits, batch["label"].to(self.device).long())
 
-    def __call__(self, engine: Engine, batch: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]) -> dict:
+    def __call__(
+        self, engine: Engine, batch: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]
+    ) -> dict[str, float | None]:
         """One step on ``batch = (weight_batch, arch_batch)``.
 
         Returns:
@@ -167,9 +169,11 @@ class SupernetEpochRecorder:
         self._epoch_start = 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"records": [...]}``: plain numbers, strings and lists, so the checkpoint loads ``weights_only``."""
         return {"records": list(self.records)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the records of a checkpoint; they count as the resumed epochs."""
         self.records = [dict(r) for r in state["records"]]
         self.resumed_epochs = len(self.records)
 
@@ -179,10 +183,12 @@ class SupernetEpochRecorder:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.record)
 
     def start_epoch(self, engine: Engine) -> None:
+        """Reset the epoch's losses and start its timer."""
         self._losses = {"weight_loss": [], "arch_loss": []}
         self._epoch_start = time.perf_counter()
 
     def collect(self, engine: Engine) -> None:
+        """Keep the losses of the step just run (the process function's output)."""
         for key, values in self._losses.items():
             if engine.state.output[key] is not None:
                 values.append(float(engine.state.output[key]))
@@ -194,6 +200,7 @@ class SupernetEpochRecorder:
                 handle.write(json.dumps(record, default=str) + "\n")
 
     def record(self, engine: Engine) -> None:
+        """Append the finished epoch's record and rewrite the journal."""
         derived, log_prob = self.derive(self.supernet)
         rows = predict(self.supernet, self.arch_data, self.device, self.batch_size)  # eval: the arg-max sub-network
         metrics = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows])
