@@ -25,20 +25,39 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from naslung.networks import count_parameters
 from naslung.pipeline.atomic_io import atomic_open, read_jsonl, write_csv, write_json
-from naslung.pipeline.config_files import read_config_file
+from naslung.pipeline.datalists import read_manifest, split_for_fold
+from naslung.pipeline.discriminability import class_separation, tsne_embedding
 from naslung.pipeline.errors import ConfigError, DataError
+from naslung.pipeline.figures import plot_attention_panels, plot_gradcam_panels, plot_training_curves, plot_tsne
 from naslung.pipeline.metrics import BINARY_METRICS, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.published import TABLE2_AVG, TABLE2_STD, TABLE3, TABLE4
+from naslung.pipeline.run.config import CONFIG_FILES, merge_config
+from naslung.pipeline.run.layout import (
+    DONE_FILE,
+    FOLD_CONFIG,
+    FOLD_METRICS,
+    HISTORY,
+    TEST_PREDICTIONS,
+    RunLayout,
+    TrainedNetwork,
+    fold_dir_name,
+    fold_of,
+    spec_slug,
+)
+from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.training import load_train_config, train_fold
+from naslung.transforms import eval_transforms
 
 __all__ = [
     "DEFAULT_EVALUATE_CONFIG",
@@ -47,7 +66,6 @@ __all__ = [
     "ABLATION_VARIANTS",
     "VariantRun",
     "load_evaluate_config",
-    "load_trained_network",
     "load_cubes",
     "penultimate_features",
     "default_gradcam_layer",
@@ -68,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The packaged evaluation config (bundle-style JSON); every key can be overridden.
-DEFAULT_EVALUATE_CONFIG = "evaluate.json"
+DEFAULT_EVALUATE_CONFIG = CONFIG_FILES["evaluate"]
 #: Analyses ``naslung evaluate`` can run (the config's ``analyses`` picks among them).
 ANALYSES: tuple[str, ...] = ("ablation", "discriminability", "attention", "gradcam", "training_curves")
 #: Keys the training step sets itself per fold (as ``naslung.pipeline.training``); not part of a setting.
@@ -153,26 +171,12 @@ def load_evaluate_config(
 
     Keys use MONAI's ``#`` separator for nested entries (``"tsne#perplexity": 10``); values are taken as they
     are (no ``$`` expressions are evaluated), and ``train_overrides`` is handed to
-    :func:`naslung.pipeline.training.load_train_config` unchanged.
+    :func:`naslung.pipeline.training.load_train_config` unchanged (:func:`naslung.pipeline.run.config.merge_config`).
 
     Raises:
         ConfigError: a missing or unreadable file, an unknown key, an unknown analysis or variant.
     """
-    from monai.bundle import ConfigParser
-
-    packaged = json.loads(
-        resources.files("naslung.pipeline").joinpath("configs", DEFAULT_EVALUATE_CONFIG).read_text(encoding="utf-8")
-    )
-    parser = ConfigParser(packaged)
-    updates: list[tuple[str, Any]] = []
-    if config is not None:
-        user = dict(config) if isinstance(config, Mapping) else read_config_file(config, "evaluation config")
-        updates += list(user.items())
-    updates += list((overrides or {}).items())
-    for key, value in updates:
-        if key.split("#")[0] not in packaged:
-            raise ConfigError(f"unknown evaluation config key {key!r}; known keys: {sorted(packaged)}")
-        parser[key] = value
+    parser = merge_config("evaluate", config, overrides)
     merged = copy.deepcopy(parser.config)
     unknown = [a for a in merged["analyses"] if a not in ANALYSES]
     if unknown:
@@ -189,41 +193,6 @@ def load_evaluate_config(
 
 
 # --------------------------------------------------------------------------------------------- networks, data
-def load_trained_network(
-    fold_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "checkpoints/best_model.pt"
-) -> torch.nn.Module:
-    """Rebuild a trained network from a fold folder: ``network_def`` of its ``config.json`` plus its weights.
-
-    Args:
-        fold_dir: ``.../fold_<k>`` written by :func:`naslung.pipeline.training.train_fold`.
-        device: where to put the network.
-        checkpoint: weights file relative to ``fold_dir`` (a plain ``state_dict``).
-
-    Returns:
-        the network in eval mode.
-
-    Raises:
-        DataError: when the config or checkpoint is missing or the weights do not fit the network.
-        ConfigError: when ``network_def`` cannot be instantiated.
-    """
-    from monai.bundle import ConfigParser
-
-    folder = Path(fold_dir)
-    config_path, weights_path = folder / "config.json", folder / checkpoint
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise DataError("missing; re-run the training of this fold", path=str(path))
-    try:
-        network = ConfigParser(json.loads(config_path.read_text(encoding="utf-8"))).get_parsed_content("network_def")
-    except Exception as err:  # noqa: BLE001 - bundle parsing raises many kinds
-        raise ConfigError(f"{config_path}: cannot build network_def ({err})") from err
-    try:
-        network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    except RuntimeError as err:
-        raise DataError(f"weights do not fit the network of config.json ({err})", path=str(weights_path)) from err
-    return network.to(device).eval()
-
-
 def load_cubes(datalist: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Cubes of a datalist through the evaluation transforms.
 
@@ -233,8 +202,6 @@ def load_cubes(datalist: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, np.
     Raises:
         DataError: for an empty datalist.
     """
-    from naslung.transforms import eval_transforms
-
     if not datalist:
         raise DataError("no cubes to load: the datalist is empty")
     transform = eval_transforms()
@@ -354,9 +321,7 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _reusable(fold_dir: Path, datalist: Sequence[Mapping[str, Any]], fold: int, merged: Mapping[str, Any]) -> bool:
     """Whether ``fold_dir`` holds a finished training of exactly this setting and split (as ``train_fold`` skips)."""
-    from naslung.pipeline.datalists import split_for_fold
-
-    if not (fold_dir / "test_predictions.csv").is_file():
+    if not (fold_dir / TEST_PREDICTIONS).is_file():
         return False
     split = split_for_fold(
         datalist, fold, val_fraction=float(merged.get("val_fraction", 0.1)), seed=int(merged["seed"])
@@ -397,8 +362,6 @@ def train_variant(
     Raises:
         ConfigError: for an unknown variant.
     """
-    from naslung.pipeline.training import load_train_config, spec_slug, train_fold
-
     if variant not in ABLATION_VARIANTS:
         raise ConfigError(f"unknown ablation variant {variant!r}; choose among {list(ABLATION_VARIANTS)}")
     base = dict(base_config) if isinstance(base_config, Mapping) else base_config
@@ -409,20 +372,18 @@ def train_variant(
     merged = load_train_config(base, overrides)
     run = VariantRun(spec, spec_slug(spec), variant, {}, {}, [])
     for fold in folds:
-        candidate = None if reuse_dir is None else Path(reuse_dir) / f"fold_{fold}"
+        candidate = None if reuse_dir is None else Path(reuse_dir) / fold_dir_name(fold)
         if candidate is not None and _reusable(candidate, datalist, fold, merged):
             logger.info("%s %s fold %d: reusing %s", spec, variant, fold, candidate)
-            metrics = json.loads((candidate / "metrics.json").read_text(encoding="utf-8"))
+            metrics = json.loads((candidate / FOLD_METRICS).read_text(encoding="utf-8"))
             run.fold_dirs[fold], run.reused[fold] = candidate, True
         else:
             metrics = train_fold(datalist, fold, out_dir, base, overrides, show_progress=show_progress)
-            run.fold_dirs[fold], run.reused[fold] = Path(out_dir) / f"fold_{fold}", False
+            run.fold_dirs[fold], run.reused[fold] = Path(out_dir) / fold_dir_name(fold), False
         if "test" not in metrics:
             raise DataError(f"fold {fold} has no test metrics; re-run its training", path=str(run.fold_dirs[fold]))
         run.per_fold.append({"fold": fold, **{k: metrics["test"][k] for k in BINARY_METRICS}})
     if run.fold_dirs:
-        from naslung.networks import count_parameters
-
         run.params = count_parameters(load_trained_network(run.fold_dirs[folds[0]]))
     return run
 
@@ -430,8 +391,6 @@ def train_variant(
 # ------------------------------------------------------------------------------------------------- ablation
 def _published_lookup(table: str, method: str) -> tuple[float | None, float | None]:
     """(F1, std) of a published ablation row in percent (std None where not printed)."""
-    from naslung.pipeline.published import TABLE2_AVG, TABLE2_STD, TABLE3
-
     if table == "table2":
         mean = next((r.f1 for r in TABLE2_AVG if r.method == method), None)
         std = next((r.f1 for r in TABLE2_STD if r.method == method), None)
@@ -579,8 +538,6 @@ def discriminability_rows(
         variants: loss name -> variant key (for the ``variant`` column).
         normalisations: ``"raw"`` features and/or ``"l2"`` (each vector scaled to unit length first).
     """
-    from naslung.pipeline.discriminability import class_separation
-
     rows = []
     for loss, pairs in features.items():
         for norm in normalisations:
@@ -594,8 +551,6 @@ def discriminability_rows(
 
 def write_discriminability(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``discriminability.csv`` and ``.md``: our rows, then the paper's Table 4 (marked published)."""
-    from naslung.pipeline.published import TABLE4
-
     out = Path(out_dir)
     keys = ("S0", "S1", "M01", "DBI")
     published = [
@@ -657,8 +612,6 @@ def attention_figure(
     Raises:
         ConfigError: when the network records no attention map for ``stage`` (no CBAM).
     """
-    from naslung.pipeline.figures import plot_attention_panels
-
     network = load_trained_network(fold_dir)
     chosen = _examples(test_items, per_class)
     images, labels, ids = load_cubes(chosen)
@@ -689,8 +642,6 @@ def gradcam_figure(
     title: str | None = None,
 ) -> Path:
     """Grad-CAM panels (CT slice, map, overlay) of a trained network on held-out nodules; see :func:`gradcam_maps`."""
-    from naslung.pipeline.figures import plot_gradcam_panels
-
     network = load_trained_network(fold_dir)
     chosen = _examples(test_items, per_class)
     images, labels, ids = load_cubes(chosen)
@@ -717,56 +668,39 @@ def training_curve_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLik
     Returns:
         the written ``training_curves_<slug>.png`` paths.
     """
-    from naslung.pipeline.figures import plot_training_curves
-
-    train_dir = Path(run_dir) / "train"
     written = []
-    for member in sorted(p for p in train_dir.glob("*") if p.is_dir()) if train_dir.is_dir() else []:
+    for member in RunLayout(Path(run_dir)).trained().values():
         records: list[dict[str, Any]] = []
-        spec = member.name
-        for fold_dir in sorted(member.glob("fold_*")):
-            fold = fold_dir.name.removeprefix("fold_")
-            for record in read_jsonl(fold_dir / "history.jsonl"):
+        spec = member.slug
+        fold_dirs = sorted(
+            (d for d in member.directory.iterdir() if fold_of(d.name) is not None), key=lambda d: fold_of(d.name)
+        )
+        for fold_dir in fold_dirs:
+            fold = fold_of(fold_dir.name)
+            for record in read_jsonl(fold_dir / HISTORY):
                 entry: dict[str, Any] = {"epoch": record.get("epoch")}
                 for key in ("train_loss", "val_f1"):
                     if key in record:
                         entry[f"{key} (fold {fold})"] = record[key]
                 records.append(entry)
-            config = fold_dir / "config.json"
+            config = fold_dir / FOLD_CONFIG
             if config.is_file():
                 spec = str(json.loads(config.read_text(encoding="utf-8")).get("arch", spec))
         if not records:
             continue
         written.append(
             plot_training_curves(
-                records, Path(out_dir) / f"training_curves_{member.name}.png", title=f"Training curves of {spec}"
+                records, Path(out_dir) / f"training_curves_{member.slug}.png", title=f"Training curves of {spec}"
             )
         )
     return written
 
 
 # ------------------------------------------------------------------------------------------------ the step
-def _trained(run: Path) -> dict[str, dict[str, Any]]:
-    """``RUN/train`` networks: slug -> {"spec", "config" (first fold's config.json), "folds"}."""
-    found: dict[str, dict[str, Any]] = {}
-    train_dir = run / "train"
-    for member in sorted(p for p in train_dir.glob("*") if p.is_dir()) if train_dir.is_dir() else []:
-        folds = sorted(
-            int(d.name.removeprefix("fold_"))
-            for d in member.glob("fold_*")
-            if d.name.removeprefix("fold_").isdigit() and (d / "test_predictions.csv").is_file()
-        )
-        if not folds:
-            continue
-        config = json.loads((member / f"fold_{folds[0]}" / "config.json").read_text(encoding="utf-8"))
-        found[member.name] = {"spec": str(config.get("arch", member.name)), "config": config, "folds": folds}
-    return found
-
-
-def _resolve_specs(run: Path, cfg: Mapping[str, Any], trained: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _resolve_specs(run: Path, cfg: Mapping[str, Any], trained: Mapping[str, TrainedNetwork]) -> list[str]:
     specs = [str(s) for s in cfg["specs"]] or read_selected_specs(run)
     if not specs:
-        specs = [t["spec"] for t in trained.values()]
+        specs = [t.spec for t in trained.values()]
     specs = [s for s in dict.fromkeys(specs) if s.strip().startswith("[")]  # ablations need NAS-Lung specs
     if not specs:
         raise ConfigError(
@@ -820,20 +754,18 @@ def run_evaluate_step(
     Raises:
         DataError: a missing manifest or training output; ConfigError: a bad config.
     """
-    from naslung.pipeline.datalists import read_manifest
-    from naslung.pipeline.training import load_train_config, spec_slug
-
-    run = Path(run_dir)
-    out = run / "analysis"
+    layout = RunLayout(Path(run_dir))
+    run, out = layout.root, layout.analysis_dir
     cfg = load_evaluate_config(config, overrides)
-    manifest = run / "data" / "manifest.csv"
+    manifest = layout.manifest
     datalist = read_manifest(manifest)
-    trained = _trained(run)
+    trained = {slug: network for slug, network in layout.trained().items() if network.folds}
     specs = _resolve_specs(run, cfg, trained)
-    first_trained = trained.get(spec_slug(specs[0]), {})
+    first_trained = trained.get(spec_slug(specs[0]))
     train_cfg_folds = load_train_config(cfg["train_config"], dict(cfg["train_overrides"]))["folds"]
-    folds = _resolve_folds(cfg, datalist, first_trained.get("folds", []), train_cfg_folds)
-    done_markers = sorted(str(p.stat().st_mtime_ns) for p in (run / "train").glob("*/fold_*/done.json"))
+    folds = _resolve_folds(cfg, datalist, first_trained.folds if first_trained else [], train_cfg_folds)
+    done_files = [n.fold_dir(f) / DONE_FILE for n in layout.trained().values() for f in n.folds]
+    done_markers = sorted(str(p.stat().st_mtime_ns) for p in done_files if p.is_file())
     digest = fingerprint(cfg, specs, folds, [manifest.stat().st_size, manifest.stat().st_mtime_ns], done_markers)
     if not force and is_done(out, digest):
         logger.info("%s is up to date; skipping", out)
@@ -852,16 +784,16 @@ def run_evaluate_step(
     runs: dict[tuple[str, str], VariantRun] = {}
     for spec, variant in progress(jobs, total=len(jobs), desc="analysis networks"):
         slug = spec_slug(spec)
-        base = cfg["train_config"] or (trained[slug]["config"] if slug in trained else None)
+        base = cfg["train_config"] or (trained[slug].config() if slug in trained else None)
         runs[(spec, variant)] = train_variant(
             datalist,
             spec,
             variant,
             folds,
-            out / "ablation" / slug / variant,
+            layout.ablation_dir(spec, variant),
             base,
             dict(cfg["train_overrides"]),
-            reuse_dir=run / "train" / slug,
+            reuse_dir=layout.network_dir(slug),
             show_progress=show_progress,
         )
 
@@ -938,9 +870,6 @@ def _tsne_figure(
     spec: str,
     fold: int,
 ) -> Path:
-    from naslung.pipeline.discriminability import tsne_embedding
-    from naslung.pipeline.figures import plot_tsne
-
     embeddings = [
         tsne_embedding(
             feats,

@@ -15,9 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naslung.networks import BASELINES, registered_name
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.run.layout import BASELINES_DIR, RunLayout
+from naslung.pipeline.run.members import network_cost, read_test_predictions
+from naslung.pipeline.training import network_overrides, train_folds
 
 __all__ = [
     "BASELINES_DIR",
@@ -29,9 +33,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the baselines inside a run directory.
-BASELINES_DIR = "baselines"
-
 
 def baseline_names(networks: Sequence[str]) -> list[str]:
     """Registered names of ``networks`` (``"DenseNet121"`` -> ``"densenet121"``), each once, in order.
@@ -39,8 +40,6 @@ def baseline_names(networks: Sequence[str]) -> list[str]:
     Raises:
         ConfigError: for an unknown name, or ``cbam_resnet3d`` (NAS-Lung candidates are searched, not baselines).
     """
-    from naslung.networks import BASELINES, registered_name
-
     names: list[str] = []
     for network in networks:
         name = registered_name(network)
@@ -78,14 +77,12 @@ def train_baselines(
     Raises:
         ConfigError: see :func:`baseline_names`.
     """
-    from naslung.pipeline.training import network_overrides, train_folds
-
     results = {}
     for name in progress(baseline_names(networks), desc="baselines"):
         results[name] = train_folds(
             datalist,
             list(folds),
-            Path(run_dir) / BASELINES_DIR / name,
+            RunLayout(Path(run_dir)).baselines_dir / name,
             overrides={**(overrides or {}), **network_overrides(name)},
             show_progress=show_progress,
         )
@@ -94,7 +91,8 @@ def train_baselines(
 
 def baseline_prediction_files(run_dir: str | os.PathLike) -> list[Path]:
     """Every ``RUN/baselines/<name>/fold_<k>/test_predictions.csv``, sorted (for up-to-date checks)."""
-    return sorted((Path(run_dir) / BASELINES_DIR).glob("*/fold_*/test_predictions.csv"))
+    found = RunLayout(Path(run_dir)).baselines().values()
+    return sorted(network.predictions_path(fold) for network in found for fold in network.folds)
 
 
 def baseline_records(
@@ -120,23 +118,19 @@ def baseline_records(
         one ``{"slug", "spec", "params", "latency_ms", "summary", "per_fold"}`` per baseline (as the ensemble's
         member records), sorted by name.
     """
-    from naslung.pipeline.ensemble_step import EnsembleMember, member_cost, read_test_predictions
-
-    root = Path(run_dir) / BASELINES_DIR
+    networks = list(RunLayout(Path(run_dir)).baselines().values())
     folds = sorted(int(f) for f in fold_nodules)
-    directories = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     records = []
-    for directory in progress(directories, total=len(directories), desc="baselines"):
-        member = EnsembleMember(directory.name, directory, directory.name, tuple(folds))
-        missing = [f for f in folds if not member.predictions_path(f).is_file()]
+    for network in progress(networks, total=len(networks), desc="baselines"):
+        missing = [f for f in folds if f not in network.folds]
         if missing:
-            logger.warning("baseline %s has no test predictions for folds %s; left out", directory.name, missing)
+            logger.warning("baseline %s has no test predictions for folds %s; left out", network.slug, missing)
             continue
         per_fold = []
         for fold in folds:
-            table = read_test_predictions(member.predictions_path(fold))
+            table = read_test_predictions(network.predictions_path(fold))
             if set(table) != {str(n) for n in fold_nodules[fold]}:
-                logger.warning("baseline %s predicted other nodules on fold %d; left out", directory.name, fold)
+                logger.warning("baseline %s predicted other nodules on fold %d; left out", network.slug, fold)
                 break
             ids = sorted(table)
             labels, probabilities = [table[i][0] for i in ids], [table[i][1] for i in ids]
@@ -144,9 +138,9 @@ def baseline_records(
         else:
             records.append(
                 {
-                    "slug": member.slug,
-                    "spec": member.spec,
-                    **member_cost(member, latency=latency),
+                    "slug": network.slug,
+                    "spec": network.slug,
+                    **network_cost(network.fold_dir(folds[0]), latency=latency),
                     "summary": summarise_folds(per_fold, keys=BINARY_METRICS),
                     "per_fold": per_fold,
                 }

@@ -43,9 +43,9 @@ from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.run.layout import CHECKPOINT, CV_METRICS, FOLD_CONFIG, RunLayout, fold_dir_name, spec_slug
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
-from naslung.pipeline.training import fold_dir_name, spec_slug
 
 __all__ = [
     "SCHEMA_URL",
@@ -123,6 +123,9 @@ FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.pipeline.metrics",
     "naslung.pipeline.handlers",
     "naslung.pipeline.inferers",
+    "naslung.pipeline.run",
+    "naslung.pipeline.run.config",
+    "naslung.pipeline.run.layout",
     "naslung.pipeline.training",
 )
 #: Every module a bundle's ``scripts/naslung_bundle/`` holds (a fixed list: nothing is added by following imports).
@@ -264,19 +267,9 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"not valid JSON ({err})", path=str(path)) from None
 
 
-def _fold_key(folder: Path) -> tuple[int, int]:
-    if folder.name == "all":
-        return (0, 0)
-    match = re.fullmatch(r"fold_(\d+)", folder.name)
-    return (1, int(match.group(1))) if match else (2, 0)
-
-
 def trained_members(run_dir: str | os.PathLike) -> list[str]:
-    """Slugs under ``RUN/train`` with at least one finished fold (``checkpoints/best_model.pt``), sorted."""
-    train_dir = Path(run_dir) / "train"
-    if not train_dir.is_dir():
-        return []
-    return sorted(d.name for d in train_dir.iterdir() if d.is_dir() and any(d.glob("*/checkpoints/best_model.pt")))
+    """Slugs under ``RUN/train`` with at least one finished fold's weights (``checkpoints/best_model.pt``), sorted."""
+    return [slug for slug, network in RunLayout(Path(run_dir)).trained().items() if network.weight_dirs]
 
 
 def resolve_member(run_dir: str | os.PathLike, slug: str, fold: int | None = None) -> BundleMember:
@@ -293,24 +286,22 @@ def resolve_member(run_dir: str | os.PathLike, slug: str, fold: int | None = Non
     Raises:
         ConfigError: the network or fold was not trained (the message lists what was).
     """
-    run = Path(run_dir)
+    layout = RunLayout(Path(run_dir))
     if slug.strip().startswith("["):
         slug = spec_slug(slug)
-    train_dir = run / "train" / slug
+    train_dir = layout.train_dir / slug
     if not train_dir.is_dir():
         raise ConfigError(
-            f"no trained network {slug!r} in {run / 'train'}; trained: {trained_members(run) or 'none'} "
+            f"no trained network {slug!r} in {layout.train_dir}; trained: {trained_members(layout.root) or 'none'} "
             "(run `naslung train` first)"
         )
-    if fold is not None:
-        folders = [train_dir / fold_dir_name(fold)]
-    else:
-        folders = sorted((d for d in train_dir.iterdir() if d.is_dir()), key=_fold_key)
-    for folder in folders:
-        weights = folder / "checkpoints" / "best_model.pt"
-        if weights.is_file() and (folder / "config.json").is_file():
-            config = _read_json(folder / "config.json")
-            cv_path = train_dir / "cv_metrics.json"
+    network = layout.trained().get(slug)
+    names = [fold_dir_name(fold)] if fold is not None else list(network.weight_dirs if network else ())
+    for folder in (train_dir / name for name in names):
+        weights = folder / CHECKPOINT
+        if weights.is_file() and (folder / FOLD_CONFIG).is_file():
+            config = _read_json(folder / FOLD_CONFIG)
+            cv_path = train_dir / CV_METRICS
             cv_metrics = _read_json(cv_path) if cv_path.is_file() else None
             return BundleMember(slug, str(config.get("arch", slug)), folder, weights, config, cv_metrics)
     what = f"fold {fold}" if fold is not None else "any fold"
@@ -340,7 +331,7 @@ def default_members(run_dir: str | os.PathLike, ensemble: bool) -> list[str]:
             return selected[:1]
         raise ConfigError(f"{len(trained)} trained networks ({trained}); choose one with --member SLUG")
     members: list[str] = []
-    metrics_path = run / "ensemble" / "metrics.json"
+    metrics_path = RunLayout(run).ensemble_metrics
     if metrics_path.is_file():
         listed = _read_json(metrics_path)
         listed = listed.get("members", []) if isinstance(listed, dict) else []

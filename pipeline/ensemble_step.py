@@ -26,7 +26,6 @@ difference of accuracy and AUC with its mean ± std and the number of folds wher
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -38,10 +37,13 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import write_csv, write_json
+from naslung.pipeline.baselines import baseline_prediction_files, baseline_records
 from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_ensemble_table
 from naslung.pipeline.errors import DataError
+from naslung.pipeline.figures import plot_ensemble_size, plot_per_fold_comparison
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.published import write_results_table
 from naslung.pipeline.reference_models import (
     DIAMETER_RULE,
     RATINGS_CEILING,
@@ -53,6 +55,8 @@ from naslung.pipeline.reference_models import (
     load_reference_data,
     reference_input_files,
 )
+from naslung.pipeline.run.layout import ENSEMBLE_DIR, RunLayout, TrainedNetwork, spec_slug
+from naslung.pipeline.run.members import network_cost, read_test_predictions
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
@@ -63,11 +67,8 @@ __all__ = [
     "PER_FOLD_FIELDS",
     "REFERENCE_FIELDS",
     "VERSUS_DIAMETER_RULE",
-    "EnsembleMember",
     "find_members",
-    "read_test_predictions",
     "fold_probabilities",
-    "member_cost",
     "reference_results",
     "run_ensemble_step",
     "ensemble_headline",
@@ -75,8 +76,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the step's outputs inside a run directory.
-ENSEMBLE_DIR = "ensemble"
 #: Ensemble sizes of the paper's Fig. 7 (sizes above the number of members are dropped).
 ENSEMBLE_SIZES: tuple[int, ...] = (1, 3, 5, 7, 9)
 #: Outputs (relative to ``RUN/ensemble``) every finished step leaves, besides ``fold_<k>/predictions.csv``.
@@ -116,77 +115,25 @@ PER_FOLD_FIELDS: tuple[str, ...] = (
 #: Bump when the reference models change, so that finished ensemble steps run again.
 _REFERENCE_VERSION = 1
 
-_PREDICTION_COLUMNS = ("nodule_id", "label", "probability")
-
-
-@dataclasses.dataclass(frozen=True)
-class EnsembleMember:
-    """One trained network of a run directory.
-
-    Args:
-        slug: its folder name under ``RUN/train``.
-        directory: ``RUN/train/<slug>``.
-        spec: the architecture (``arch`` of its training config; the slug when unknown).
-        folds: held-out folds with ``test_predictions.csv``.
-    """
-
-    slug: str
-    directory: Path
-    spec: str
-    folds: tuple[int, ...]
-
-    def predictions_path(self, fold: int) -> Path:
-        """``RUN/train/<slug>/fold_<fold>/test_predictions.csv``."""
-        return self.directory / f"fold_{fold}" / "test_predictions.csv"
-
-
-def _member_folds(directory: Path) -> tuple[int, ...]:
-    folds = []
-    for fold_dir in directory.glob("fold_*"):
-        suffix = fold_dir.name.removeprefix("fold_")
-        if suffix.isdigit() and (fold_dir / "test_predictions.csv").is_file():
-            folds.append(int(suffix))
-    return tuple(sorted(folds))
-
-
-def _member_spec(directory: Path, folds: Sequence[int]) -> str:
-    for fold in folds:
-        config = directory / f"fold_{fold}" / "config.json"
-        try:
-            arch = json.loads(config.read_text(encoding="utf-8")).get("arch")
-        except (OSError, json.JSONDecodeError):
-            continue
-        if arch:
-            return str(arch)
-    return directory.name
-
 
 def _selected_slugs(run: Path) -> list[str]:
-    from naslung.pipeline.training import spec_slug
-
     return [spec_slug(spec) for spec in read_selected_specs(run)]
 
 
-def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = None) -> list[EnsembleMember]:
-    """The networks of ``RUN/train`` that form the ensemble.
+def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = None) -> list[TrainedNetwork]:
+    """The networks of ``RUN/train`` that form the ensemble, each with the held-out folds they all share.
 
     Members are, in this order of precedence: ``members`` (folder names or architecture specs, mapped with
-    :func:`naslung.pipeline.training.spec_slug`); the specs of ``RUN/search/selected.json`` that have been
+    :func:`naslung.pipeline.run.layout.spec_slug`); the specs of ``RUN/search/selected.json`` that have been
     trained; every folder of ``RUN/train`` holding test predictions. None of these choices looks at a test fold.
 
     Raises:
         DataError: when ``RUN/train`` holds no trained network, a named member has no test predictions, or the
             members share no held-out fold.
     """
-    from naslung.pipeline.training import spec_slug
-
-    run = Path(run_dir)
-    train_dir = run / "train"
-    trained = (
-        {p.name: p for p in sorted(train_dir.iterdir()) if p.is_dir() and _member_folds(p)}
-        if train_dir.is_dir()
-        else {}
-    )
+    layout = RunLayout(Path(run_dir))
+    train_dir = layout.train_dir
+    trained = {slug: network for slug, network in layout.trained().items() if network.folds}
     if not trained:
         raise DataError(
             "no trained network with test predictions; run `naslung train --data RUN/data --out RUN/train/SLUG` first",
@@ -204,17 +151,14 @@ def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = Non
                 )
             slugs.append(slug)
     else:
-        selected = [slug for slug in _selected_slugs(run) if slug in trained]
-        missing = [slug for slug in _selected_slugs(run) if slug not in trained]
+        selected = [slug for slug in _selected_slugs(layout.root) if slug in trained]
+        missing = [slug for slug in _selected_slugs(layout.root) if slug not in trained]
         if missing:
             logger.warning("selected specs not trained yet, left out of the ensemble: %s", missing)
         slugs = selected or sorted(trained)
     if len(set(slugs)) != len(slugs):
         raise DataError(f"members {slugs} name the same network twice; list each once")
-    found = []
-    for slug in slugs:
-        folds = _member_folds(trained[slug])
-        found.append(EnsembleMember(slug, trained[slug], _member_spec(trained[slug], folds), folds))
+    found = [trained[slug] for slug in slugs]
     common = set(found[0].folds).intersection(*(m.folds for m in found[1:]))
     if not common:
         raise DataError(
@@ -232,36 +176,7 @@ def find_members(run_dir: str | os.PathLike, members: Sequence[str] | None = Non
     return [dataclasses.replace(m, folds=tuple(sorted(common))) for m in found]
 
 
-def read_test_predictions(path: str | os.PathLike) -> dict[str, tuple[int, float]]:
-    """``{nodule_id: (label, probability of malignancy)}`` from a ``test_predictions.csv``.
-
-    Raises:
-        DataError: a missing column, a duplicate nodule, or a label/probability that does not parse.
-    """
-    source = Path(path)
-    with open(source, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in _PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"missing column(s) {missing}; expected {list(_PREDICTION_COLUMNS)}", path=str(source))
-        rows: dict[str, tuple[int, float]] = {}
-        for line, row in enumerate(reader, start=2):
-            nodule_id = row["nodule_id"]
-            if nodule_id in rows:
-                raise DataError(f"line {line}: nodule {nodule_id!r} appears twice", path=str(source))
-            try:
-                rows[nodule_id] = (int(float(row["label"])), float(row["probability"]))
-            except ValueError:
-                raise DataError(
-                    f"line {line}: label {row['label']!r} / probability {row['probability']!r} are not numbers",
-                    path=str(source),
-                ) from None
-    if not rows:
-        raise DataError("no predictions; re-run the training of this fold", path=str(source))
-    return rows
-
-
-def fold_probabilities(members: Sequence[EnsembleMember], fold: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+def fold_probabilities(members: Sequence[TrainedNetwork], fold: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The members' test predictions on one held-out fold, aligned by nodule.
 
     Returns:
@@ -290,41 +205,6 @@ def fold_probabilities(members: Sequence[EnsembleMember], fold: int) -> tuple[li
     labels = np.array([tables[0][i][0] for i in ids], dtype=np.int64)
     matrix = np.array([[table[i][1] for i in ids] for table in tables], dtype=np.float64)
     return ids, labels, matrix
-
-
-def member_cost(member: EnsembleMember, latency: bool = True, input_shape: Sequence[int] = (1, 32, 32, 32)) -> dict:
-    """Parameters and CPU latency (batch 1, ms per nodule) of a member's trained network.
-
-    The network is rebuilt from its first fold's ``config.json`` and ``best_model.pt`` (see
-    :func:`naslung.pipeline.analysis.load_trained_network`); latency comes from
-    :func:`naslung.networks.profile` on one CPU thread. When the network cannot be rebuilt the parameters are
-    counted from the checkpoint's tensors (running statistics excluded) and latency is left empty.
-
-    Returns:
-        ``{"params": int | None, "latency_ms": float | None}``.
-    """
-    import torch
-
-    from naslung.networks import count_parameters, profile
-    from naslung.pipeline.analysis import load_trained_network
-
-    fold_dir = member.directory / f"fold_{member.folds[0]}"
-    try:
-        network = load_trained_network(fold_dir, device="cpu")
-    except Exception as err:  # noqa: BLE001 - any failure here only costs the latency column
-        logger.warning("cannot rebuild %s (%s); counting parameters from its checkpoint", fold_dir, err)
-        checkpoint = fold_dir / "checkpoints" / "best_model.pt"
-        if not checkpoint.is_file():
-            return {"params": None, "latency_ms": None}
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        skipped = ("running_mean", "running_var", "num_batches_tracked")
-        params = sum(v.numel() for k, v in state.items() if not k.endswith(skipped))
-        return {"params": int(params), "latency_ms": None}
-    cost: dict[str, Any] = {"params": count_parameters(network), "latency_ms": None}
-    if latency:
-        measured = profile(network, input_shape, device="cpu", large_batch=1, warmup=3, repeats=10, num_threads=1)
-        cost["latency_ms"] = measured.latency_ms_per_nodule
-    return cost
 
 
 def _stamp(path: Path) -> list:
@@ -365,7 +245,7 @@ def reference_results(
         the reason instead, which is logged.
     """
     try:
-        data = load_reference_data(Path(run_dir) / "data")
+        data = load_reference_data(RunLayout(Path(run_dir)).data_dir)
         references: dict[str, Any] = evaluate_reference_models(data, fold_nodules, fold_labels)
     except DataError as err:
         references = {name: {"label": REFERENCE_LABELS[name], "omitted": str(err)} for name in REFERENCE_MODELS}
@@ -438,17 +318,13 @@ def run_ensemble_step(
     Raises:
         DataError: see :func:`find_members` and :func:`fold_probabilities`.
     """
-    from naslung.pipeline.baselines import baseline_prediction_files, baseline_records
-    from naslung.pipeline.figures import plot_ensemble_size, plot_per_fold_comparison
-    from naslung.pipeline.published import write_results_table
-
-    run = Path(run_dir)
-    out = run / ENSEMBLE_DIR
+    layout = RunLayout(Path(run_dir))
+    run, out = layout.root, layout.ensemble_dir
     found = find_members(run, members)
     folds = list(found[0].folds)
     stamps = [_stamp(m.predictions_path(f)) for m in found for f in folds]
     stamps += [_stamp(path) for path in baseline_prediction_files(run)]
-    stamps += [_stamp(path) for path in reference_input_files(run / "data")]
+    stamps += [_stamp(path) for path in reference_input_files(layout.data_dir)]
     settings = {"sizes": list(sizes), "draws": draws, "seed": seed, "threshold": threshold, "latency": latency}
     settings["reference_version"] = _REFERENCE_VERSION
     digest = fingerprint(stamps, settings, [m.slug for m in found])
@@ -463,7 +339,7 @@ def run_ensemble_step(
     fold_labels: dict[int, list[int]] = {}
     for fold in progress(folds, total=len(folds), desc="ensemble folds"):
         ids, labels, matrix = fold_probabilities(found, fold)
-        write_ensemble_table(out / f"fold_{fold}" / "predictions.csv", ids, labels, matrix, names, threshold)
+        write_ensemble_table(layout.ensemble_predictions(fold), ids, labels, matrix, names, threshold)
         per_fold.append(_fold_row(fold, labels, matrix, threshold))
         for member, probs in zip(found, matrix, strict=True):
             member_folds[member.slug].append({"fold": fold, **binary_metrics(labels, probs, threshold)})
@@ -491,7 +367,7 @@ def run_ensemble_step(
 
     member_records = []
     for member in progress(found, total=len(found), desc="member cost"):
-        cost = member_cost(member, latency=latency)
+        cost = network_cost(member.fold_dir(member.folds[0]), latency=latency)
         member_records.append(
             {
                 "slug": member.slug,
@@ -556,7 +432,7 @@ def run_ensemble_step(
         "ensemble_size": size_rows,
     }
     write_json(out / "metrics.json", result)
-    outputs = list(ENSEMBLE_OUTPUTS) + [f"fold_{f}/predictions.csv" for f in folds]
+    outputs = list(ENSEMBLE_OUTPUTS) + [layout.ensemble_predictions(f).relative_to(out).as_posix() for f in folds]
     mark_done(out, digest, outputs, {k: summary.get(f"{k}_mean") for k in BINARY_METRICS})
     logger.info("ensemble of %d on folds %s: F1 %.4f ± %.4f", len(found), folds, summary["f1_mean"], summary["f1_std"])
     return {**result, "skipped": False}

@@ -14,6 +14,7 @@ import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_open
 from naslung.pipeline.reference_models import REFERENCE_METHODS
+from naslung.pipeline.run.layout import RunLayout
 from naslung.pipeline.search.rank_correlation import RANK_CORRELATION_FILE
 
 __all__ = ["build_report", "REPORT_SECTIONS"]
@@ -79,7 +80,7 @@ def _not_run(step: str, command: str) -> str:
 
 
 def _cohort(run: Path) -> str:
-    rows = _read_csv(run / "data" / "manifest.csv")
+    rows = _read_csv(RunLayout(run).manifest)
     if not rows:
         return _not_run("prepare", "naslung prepare embedded --out RUN/data")
     labels = Counter(int(r["label"]) for r in rows)
@@ -97,7 +98,7 @@ def _cohort(run: Path) -> str:
             "- **The images are synthetic** (rendered from the real LIDC-IDRI annotations and ratings): "
             "accuracy on them is not comparable to the paper's."
         )
-    rejects = _read_csv(run / "data" / "rejects.csv")
+    rejects = _read_csv(RunLayout(run).rejects)
     if rejects:
         lines.append(f"- scans rejected: {len(rejects)} (see `data/rejects.csv`)")
     return "\n".join(lines) + "\n"
@@ -168,7 +169,7 @@ def _search(run: Path) -> str:
         json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")
     ]
     summary = _read_json(run / "search" / "summary.json") or {}
-    selection = _read_json(run / "search" / "selected.json") or {}
+    selection = _read_json(RunLayout(run).selected) or {}
     selected = selection.get("specs", [])
     # the metric the search ranked candidates by; runs from before score_metric existed ranked by F1
     metric = str(selection.get("score_key") or summary.get("score_metric") or "f1")
@@ -208,29 +209,26 @@ def _search(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trained(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*") if (p / "cv_metrics.json").is_file()) if folder.is_dir() else []
-
-
 def _cv(run: Path) -> str:
-    members = _trained(run / "train")
-    baselines = _trained(run / "baselines")
-    ensemble = _read_json(run / "ensemble" / "metrics.json")
+    layout = RunLayout(run)
+    members = [n for n in layout.trained().values() if n.cv_metrics_path.is_file()]
+    baselines = [n for n in layout.baselines().values() if n.cv_metrics_path.is_file()]
+    ensemble = _read_json(layout.ensemble_metrics)
     if not members and not baselines and not ensemble:
         return _not_run("train", "naslung train --data RUN/data --out RUN/train/SLUG --arch SPEC")
     lines = ["Test-fold metrics (%), mean ± std over the held-out folds:", ""]
     lines += ["| network | folds | " + " | ".join(_METRICS) + " |", "|---|---|" + "---:|" * len(_METRICS)]
-    for member in members + baselines:
-        cv = _read_json(member / "cv_metrics.json") or {}
+    for member, suffix in [(m, "") for m in members] + [(b, " (baseline)") for b in baselines]:
+        cv = _read_json(member.cv_metrics_path) or {}
         summary = cv.get("summary", {})
         cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]
-        name = f"`{member.name}`" + (" (baseline)" if member.parent.name == "baselines" else "")
+        name = f"`{member.slug}`{suffix}"
         lines.append(f"| {name} | {cv.get('folds')} | " + " | ".join(cells) + " |")
     if ensemble:
         summary = ensemble.get("summary", ensemble)
         cells = [f"{_pct(summary.get(f'{m}_mean'))} ± {_pct(summary.get(f'{m}_std'))}" for m in _METRICS]
         lines.append(f"| **ensemble** | {ensemble.get('folds', '')} | " + " | ".join(cells) + " |")
-    per_fold = _read_csv(run / "ensemble" / "per_fold.csv")
+    per_fold = _read_csv(layout.ensemble_per_fold)
     if per_fold:
         lines += ["", "Ensemble per fold:", "", "| fold | " + " | ".join(_METRICS) + " |", "|---|" + "---:|" * 5]
         for row in per_fold:
@@ -273,7 +271,7 @@ def _fold_row(name: str, rows: Any, folds: list[int], metric: str, signed: bool 
 
 
 def _references(run: Path) -> str:
-    ensemble = _read_json(run / "ensemble" / "metrics.json")
+    ensemble = _read_json(RunLayout(run).ensemble_metrics)
     if not ensemble:
         return _not_run("ensemble", "naslung ensemble --run RUN")
     references = ensemble.get("reference_models")
@@ -359,7 +357,7 @@ def _latency(run: Path) -> str:
 
 
 def _bundles(run: Path) -> str:
-    root = run / "bundles"
+    root = RunLayout(run).bundles_dir
     bundles = sorted(p for p in root.glob("*") if (p / "configs" / "metadata.json").is_file()) if root.is_dir() else []
     if not bundles:
         return _not_run("export-bundle", "naslung export-bundle --run RUN --out RUN/bundles/NAME")
@@ -370,7 +368,7 @@ def _bundles(run: Path) -> str:
             f"  `python -m monai.bundle run --config_file {bundle}/configs/inference.json "
             f"--bundle_root {bundle} --datalist DATALIST.json --output_dir OUT`"
         )
-    smoke = _read_json(root / "smoke.json")
+    smoke = _read_json(RunLayout(run).smoke)
     for check in (smoke or {}).get("bundles", []):
         lines.append(
             f"- smoke check of `{Path(str(check.get('bundle', '?'))).name}` run without naslung on "
@@ -411,7 +409,7 @@ def build_report(run_dir: str | os.PathLike, title: str = "naslung run report") 
     for name in REPORT_SECTIONS:
         text += [f"## {name}", "", sections[name]]
     markdown_text = "\n".join(text)
-    md_path, html_path = run / "report.md", run / "report.html"
+    md_path, html_path = RunLayout(run).report_md, RunLayout(run).report_html
     with atomic_open(md_path, "w") as handle:
         handle.write(markdown_text)
     with atomic_open(html_path, "w") as handle:

@@ -12,7 +12,6 @@ same folds, into ``RUN/baselines``; the results table of ``ensemble`` and the re
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,38 +20,32 @@ from typing import Any
 
 import numpy as np
 
+from naslung.pipeline.analysis import run_evaluate_step
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.config_files import packaged_config, read_config_file
+from naslung.pipeline.baselines import train_baselines
+from naslung.pipeline.bundle_export import export_bundle, smoke_test_bundle, trained_members
+from naslung.pipeline.cohort import load_default_cohort
+from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
+from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
 from naslung.pipeline.errors import ConfigError, NaslungError
+from naslung.pipeline.prepare_raw import prepare_scans
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.report import build_report
+from naslung.pipeline.run.config import PROFILES, TRAIN_STEP_KEYS, check_profile, load_profile
+from naslung.pipeline.run.layout import CLASSIFIER_BUNDLE, ENSEMBLE_BUNDLE, RunLayout
+from naslung.pipeline.search.executors import make_executor, ray_available
+from naslung.pipeline.search.journal import read_selected_specs
+from naslung.pipeline.search.rank_correlation import write_rank_correlation
+from naslung.pipeline.search.runner import run_search_step
+from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.synthetic_ct import RENDER_VERSION
+from naslung.pipeline.training import train_fold_job, train_folds
 
+# PROFILES and load_profile live in naslung.pipeline.run.config; re-exported for the benchmarks that import them here
 __all__ = ["PROFILES", "RunContext", "RUN_STEPS", "load_profile", "subsample_cohort", "run_job"]
 
 logger = logging.getLogger(__name__)
-
-#: Profiles shipped with naslung (``pipeline/configs/profile_<name>.json``).
-PROFILES: tuple[str, ...] = ("quick", "standard", "paper")
-
-
-def load_profile(profile: str = "quick", config: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The profile's settings per step, updated section by section with a user JSON/YAML file.
-
-    Raises:
-        ConfigError: unknown profile, unreadable file, or an unknown step section.
-    """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
-    settings = packaged_config(f"profile_{profile}.json")
-    if config is not None:
-        path = Path(config)
-        user = read_config_file(path, "run config")
-        for section, values in user.items():
-            if section.startswith("_"):
-                continue
-            if section not in settings:
-                raise ConfigError(f"{path}: unknown section {section!r}; sections: {sorted(settings)}")
-            settings[section].update(values)
-    return settings
 
 
 def subsample_cohort(rows: Sequence[Mapping[str, Any]], n_nodules: int | None, seed: int = 0) -> list[dict]:
@@ -92,11 +85,15 @@ class RunContext:
 
     Args:
         run_dir: the run directory.
-        settings: the profile's settings per step (see :func:`load_profile`).
+        settings: the profile's settings per step (see :func:`naslung.pipeline.run.config.load_profile`), checked
+            key by key here too (:func:`naslung.pipeline.run.config.check_profile`).
         data: a raw data path (``None``: the embedded default data).
         data_kind: ``dicom``, ``luna16`` or ``lidc`` for ``data``.
         progress: progress wrapper for long loops (the CLI passes tqdm bars).
         show_progress: whether engines attach their own progress bars.
+
+    Raises:
+        ConfigError: an unknown section or key in ``settings``.
     """
 
     run_dir: Path
@@ -107,23 +104,28 @@ class RunContext:
     show_progress: bool = False
     summaries: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_profile(self.settings, "RunContext.settings")
+
+    @property
+    def layout(self) -> RunLayout:
+        """The paths of the run folder."""
+        return RunLayout(self.run_dir)
+
     @property
     def data_dir(self) -> Path:
-        return self.run_dir / "data"
+        return self.layout.data_dir
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The profile's section ``name`` as the step receives it (comments, ``_...`` keys, left out)."""
+        return {k: v for k, v in self.settings.get(name, {}).items() if not str(k).startswith("_")}
 
 
 def _step_prepare(ctx: RunContext) -> str:
-    settings = ctx.settings["prepare"]
+    settings = ctx.section("prepare")
     if ctx.data is not None:
-        from naslung.pipeline.prepare_raw import prepare_scans
-
         summary = prepare_scans(ctx.data_kind, ctx.data, ctx.data_dir, progress=ctx.progress)
         return f"{summary.nodules} nodules from {summary.scans_found} scans ({summary.scans_rejected} rejected)"
-    from naslung.pipeline.cohort import load_default_cohort
-    from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
-    from naslung.pipeline.steps import fingerprint, is_done, mark_done
-    from naslung.pipeline.synthetic_ct import RENDER_VERSION
-
     # whole cohort rows (ratings included); render_embedded keeps them as RUN/data/cohort.csv for the ratings ceiling
     rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
     malignant = sum(int(r["label"]) for r in rows)
@@ -140,25 +142,23 @@ def _step_prepare(ctx: RunContext) -> str:
         workers=int(settings.get("workers", 2)),
         progress=ctx.progress,
     )
-    mark_done(ctx.data_dir, digest, ["manifest.csv"], {"nodules": len(rows), "malignant": malignant})
+    mark_done(ctx.data_dir, digest, [ctx.layout.manifest.name], {"nodules": len(rows), "malignant": malignant})
     return f"embedded data: {len(rows)} nodules ({malignant} malignant), {summary.get('n_scans', '?')} whole scans"
 
 
-#: Keys of a profile's ``train`` section that steer the step rather than the training config.
-_TRAIN_STEP_KEYS = ("parallel",)
-
-
 def _train_overrides(ctx: RunContext) -> dict[str, Any]:
-    """The profile's ``train`` section as training-config overrides (``folds`` included, step keys left out)."""
-    return {k: v for k, v in ctx.settings["train"].items() if not k.startswith("_") and k not in _TRAIN_STEP_KEYS}
+    """The profile's ``train`` section as training-config overrides (``folds`` included, step keys left out).
+
+    Everything else passes through as it is, the loss included: the retrained networks, the baselines and the
+    evaluate step's networks take the recipe the profile names.
+    """
+    return {k: v for k, v in ctx.section("train").items() if k not in TRAIN_STEP_KEYS}
 
 
 def _step_search(ctx: RunContext) -> str:
-    from naslung.pipeline.search.runner import run_search_step
-
-    overrides = dict(ctx.settings["search"])
-    overrides.setdefault("test_folds", ctx.settings["train"].get("folds", [0, 1, 2, 3, 4]))
-    result = run_search_step(ctx.run_dir / "search", overrides=overrides, data_dir=ctx.data_dir, progress=ctx.progress)
+    overrides = ctx.section("search")
+    overrides.setdefault("test_folds", ctx.section("train").get("folds", [0, 1, 2, 3, 4]))
+    result = run_search_step(ctx.layout.search_dir, overrides=overrides, data_dir=ctx.data_dir, progress=ctx.progress)
     selected = result.get("selected", [])
     space = result.get("space", {}).get("size", "?")
     strategy = result.get("strategy", "pop")
@@ -175,9 +175,7 @@ def _step_search(ctx: RunContext) -> str:
 
 
 def _selected_specs(ctx: RunContext) -> list[str]:
-    from naslung.pipeline.search.journal import read_selected_specs
-
-    path = ctx.run_dir / "search" / "selected.json"
+    path = ctx.layout.selected
     if not path.is_file():
         raise NaslungError(f"{path}: no selection; run `naslung search` first")
     specs = read_selected_specs(ctx.run_dir)
@@ -194,17 +192,8 @@ def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel:
     single-thread jobs train more cubes per second than one job with two threads. Each job writes only its own
     fold folder; finished folds are skipped on a re-run.
 
-    Raises:
-        ConfigError: an unknown key in ``parallel``.
+    The keys of ``parallel`` are checked with the profile (:data:`naslung.pipeline.run.config.PARALLEL_KEYS`).
     """
-    from naslung.pipeline.search.executors import make_executor, ray_available
-    from naslung.pipeline.training import train_fold_job
-
-    unknown = sorted(set(parallel) - {"executor", "workers", "threads_per_job", "ray_address"})
-    if unknown:
-        raise ConfigError(
-            f"train.parallel: unknown keys {unknown}; known: executor, workers, threads_per_job, ray_address"
-        )
     if parallel.get("executor", "ray") == "ray" and not parallel.get("ray_address") and not ray_available():
         # one job at a time with a single thread would be slower than the plain loop with all threads
         logger.warning("train.parallel: Ray is not installed (pip install 'naslung[ray]'); training one job at a time")
@@ -221,20 +210,17 @@ def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel:
 
 
 def _step_train(ctx: RunContext) -> str:
-    from naslung.pipeline.datalists import read_manifest
-    from naslung.pipeline.training import spec_slug, train_folds
-
-    datalist = read_manifest(ctx.data_dir / "manifest.csv")
+    datalist = read_manifest(ctx.layout.manifest)
     overrides = _train_overrides(ctx)
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
-    parallel = ctx.settings["train"].get("parallel")
+    parallel = ctx.section("train").get("parallel")
     specs = _selected_specs(ctx)
-    per_network = {spec: {**overrides, "arch": spec, "loss_name": "asoftmax"} for spec in specs}
+    per_network = {spec: {**overrides, "arch": spec} for spec in specs}  # the profile's recipe, loss included
     jobs = [
         {
             "datalist": datalist,
             "test_fold": fold,
-            "out_dir": str(ctx.run_dir / "train" / spec_slug(spec)),
+            "out_dir": str(ctx.layout.network_dir(spec)),
             "overrides": per_network[spec],
         }
         for spec in specs
@@ -247,13 +233,11 @@ def _step_train(ctx: RunContext) -> str:
         result = train_folds(
             datalist,
             folds,
-            ctx.run_dir / "train" / spec_slug(spec),
+            ctx.layout.network_dir(spec),
             overrides=per_network[spec],
             show_progress=ctx.show_progress,
         )
         f1.append(result["summary"].get("f1_mean", float("nan")))
-    from naslung.pipeline.search.rank_correlation import write_rank_correlation
-
     ranks = write_rank_correlation(ctx.run_dir)  # search/rank_correlation.json
     agreement = (
         f"Spearman {ranks['rho']:+.2f} over {ranks['n']} networks"
@@ -268,10 +252,7 @@ def _step_train(ctx: RunContext) -> str:
 
 
 def _step_baselines(ctx: RunContext) -> str:
-    from naslung.pipeline.baselines import train_baselines
-    from naslung.pipeline.datalists import read_manifest
-
-    settings = ctx.settings.get("baselines", {})
+    settings = ctx.section("baselines")
     networks = list(settings.get("networks") or [])
     if not networks:
         return "none (list factory networks in the profile's baselines.networks, e.g. resnet18)"
@@ -279,7 +260,7 @@ def _step_baselines(ctx: RunContext) -> str:
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
     overrides = {**overrides, **settings.get("train", {})}  # the retrained networks' recipe, loss included
     results = train_baselines(
-        read_manifest(ctx.data_dir / "manifest.csv"),
+        read_manifest(ctx.layout.manifest),
         networks,
         folds,
         ctx.run_dir,
@@ -291,27 +272,16 @@ def _step_baselines(ctx: RunContext) -> str:
     return f"{len(results)} baselines on folds {folds}; test F1: {f1}"
 
 
-#: Keys of a profile's ``ensemble`` section, the keyword arguments of ``run_ensemble_step``.
-_ENSEMBLE_KEYS = ("members", "sizes", "draws", "seed", "threshold", "latency")
-
-
 def _step_ensemble(ctx: RunContext) -> str:
-    from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
-
-    settings = {k: v for k, v in ctx.settings["ensemble"].items() if not k.startswith("_")}
-    unknown = sorted(set(settings) - set(_ENSEMBLE_KEYS))
-    if unknown:  # every key reaches the step; none is dropped silently
-        raise ConfigError(f"ensemble: unknown keys {unknown}; known: {list(_ENSEMBLE_KEYS)}")
-    result = run_ensemble_step(ctx.run_dir, **settings, progress=ctx.progress)
+    # every key reaches the step (the profile's keys are checked against ENSEMBLE_KEYS); none is dropped
+    result = run_ensemble_step(ctx.run_dir, **ctx.section("ensemble"), progress=ctx.progress)
     return ensemble_headline(result)
 
 
 def _step_evaluate(ctx: RunContext) -> str:
-    from naslung.pipeline.analysis import run_evaluate_step
-
     train = _train_overrides(ctx)
     folds = train.pop("folds", None)
-    evaluate = dict(ctx.settings["evaluate"])
+    evaluate = ctx.section("evaluate")
     # the profile's evaluate.train_overrides refine the train section (e.g. fewer epochs), never replace it
     train.update(evaluate.pop("train_overrides", {}))
     overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **evaluate}
@@ -321,39 +291,34 @@ def _step_evaluate(ctx: RunContext) -> str:
 
 
 def _step_report(ctx: RunContext) -> str:
-    from naslung.pipeline.report import build_report
-
     md, _ = build_report(ctx.run_dir)
     return f"report at {md}"
 
 
 def _step_export(ctx: RunContext) -> str:
-    from naslung.pipeline.bundle_export import export_bundle, trained_members
-
-    settings = ctx.settings["export"]
+    settings = ctx.section("export")
     made = []
     if settings.get("single", True):
-        made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_classifier"))
+        made.append(export_bundle(ctx.run_dir, ctx.layout.bundle_dir(CLASSIFIER_BUNDLE)))
     if settings.get("ensemble", True) and len(trained_members(ctx.run_dir)) >= 2:
-        made.append(export_bundle(ctx.run_dir, ctx.run_dir / "bundles" / "naslung_ensemble", ensemble=True))
+        made.append(export_bundle(ctx.run_dir, ctx.layout.bundle_dir(ENSEMBLE_BUNDLE), ensemble=True))
     return "bundles: " + ", ".join(str(Path(p).relative_to(ctx.run_dir)) for p in made)
 
 
 def _step_smoke(ctx: RunContext) -> str:
-    from naslung.pipeline.bundle_export import smoke_test_bundle
-
-    bundles = [path.parent.parent for path in sorted((ctx.run_dir / "bundles").glob("*/configs/inference.json"))]
+    bundles = ctx.layout.bundles()
     if not bundles:
-        raise NaslungError(f"{ctx.run_dir / 'bundles'}: no bundle to check; run `naslung export-bundle`")
+        raise NaslungError(f"{ctx.layout.bundles_dir}: no bundle to check; run `naslung export-bundle`")
     results = [smoke_test_bundle(bundle, ctx.data_dir) for bundle in bundles]  # every bundle, the ensemble too
     status = "ok" if all(r.get("status") == "ok" for r in results) else "failed"
-    write_json(ctx.run_dir / "bundles" / "smoke.json", {"status": status, "bundles": results})
+    write_json(ctx.layout.smoke, {"status": status, "bundles": results})
     return "inference bundles " + ", ".join(
         f"{b.name}: {r.get('status')}" for b, r in zip(bundles, results, strict=True)
     )
 
 
-#: The steps of ``naslung run`` in order: (name, function returning a one-line summary).
+#: The steps of ``naslung run`` in order (:data:`naslung.pipeline.run.config.STEP_NAMES`): (name, function returning
+#: a one-line summary).
 RUN_STEPS: tuple[tuple[str, Callable[[RunContext], str]], ...] = (
     ("prepare", _step_prepare),
     ("search", _step_search),
@@ -398,5 +363,5 @@ def run_job(
         timings[name] = round(seconds, 1)
         ctx.summaries[name] = line
         echo(f"[{name}] {line} ({seconds:.0f} s)")
-        write_json(ctx.run_dir / "run_summary.json", {"steps": ctx.summaries, "seconds": timings})
+        write_json(ctx.layout.run_summary, {"steps": ctx.summaries, "seconds": timings})
     return ctx.summaries

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.run.layout import DONE_FILE
 
 __all__ = ["fingerprint", "is_done", "mark_done", "DONE_FILE"]
 
 logger = logging.getLogger(__name__)
-
-#: Name of the marker a finished step leaves in its output folder.
-DONE_FILE = "done.json"
 
 
 def fingerprint(*parts: Any) -> str:

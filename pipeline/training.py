@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,26 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import look_up_option, set_determinism
 from torch.optim import lr_scheduler
 
+from naslung.networks import BASELINES, registered_name
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
-from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.handlers import PredictionCollector
-from naslung.pipeline.metrics import BINARY_METRICS, binary_metrics
+from naslung.pipeline.metrics import BINARY_METRICS, binary_metrics, summarise_folds
+from naslung.pipeline.run.config import CONFIG_FILES, merge_config
+from naslung.pipeline.run.layout import (
+    CHECKPOINT,
+    CV_METRICS,
+    FOLD_CONFIG,
+    FOLD_METRICS,
+    HISTORY,
+    TEST_PREDICTIONS,
+    VAL_PREDICTIONS,
+    fold_dir_name,
+    spec_slug,
+)
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.transforms import eval_transforms
 
 __all__ = [
     "DEFAULT_TRAIN_CONFIG",
@@ -44,7 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The packaged training config (MONAI bundle syntax); every key can be overridden.
-DEFAULT_TRAIN_CONFIG = "train.json"
+DEFAULT_TRAIN_CONFIG = CONFIG_FILES["train"]
 
 #: Keys the training step sets itself for each fold; a user config must not rely on setting them.
 _RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_root", "dataset_dir")
@@ -53,24 +65,17 @@ _RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_ro
 def load_train_config(
     config: str | os.PathLike | dict | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Merge the packaged training config with a user config file (JSON/YAML) or dict, then ``overrides``.
+    """Merge the packaged training config with a user config file (JSON/YAML) or dict, then ``overrides``
+    (:func:`naslung.pipeline.run.config.merge_config`).
 
-    Keys use MONAI's ``#`` id separator for nested entries (``"train#dataloader#num_workers": 2``).
+    Keys use MONAI's ``#`` id separator for nested entries (``"train#dataloader#num_workers": 2``). A user config
+    may define new ids (components its other entries refer to); an override must name a key the config has.
 
     Raises:
         ConfigError: the file is missing or unreadable, an override names an unknown key, or a recipe value is out
             of range (``checkpoint_metric``, ``rotate90_prob``, ``lambda_floor_fraction``).
     """
-    parser = ConfigParser(packaged_config(DEFAULT_TRAIN_CONFIG))
-    if config is not None:
-        user = config if isinstance(config, dict) else read_config_file(config, "config file")
-        for key, value in user.items():
-            parser[key] = value
-    for key, value in (overrides or {}).items():
-        head = key.split("#")[0]
-        if head not in parser.config:
-            raise ConfigError(f"unknown config key {key!r}; known top-level keys: {sorted(parser.config)}")
-        parser[key] = value
+    parser = merge_config("train", config, overrides, new_keys_in_config=True)
     _check_recipe(parser.config, config)
     return parser.config
 
@@ -156,26 +161,6 @@ def build_lr_scheduler(
     return lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
-def spec_slug(spec: Any) -> str:
-    """A filesystem-safe folder name for a network: ``"[4,4,[4,4],[4,8],[8,8]]"`` -> ``"4-4_4-4_4-8_8-8"``.
-
-    Specs (an :class:`~naslung.networks.ArchSpec`, its text or nested lists) map to their channels, stage by
-    stage (a block with another kernel than 3 as ``8k5``); factory names (``"densenet121"``) are kept as they are.
-    """
-    from naslung.networks import DEFAULT_KERNEL, ArchSpec
-
-    if isinstance(spec, str) and not spec.strip().startswith("["):
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.strip()).strip("-") or "network"
-    arch = ArchSpec.coerce(spec)
-    stem = f"{arch.stage1}-{arch.stage2}"
-
-    def block(channels: int, kernel: int) -> str:
-        return f"{channels}" if kernel == DEFAULT_KERNEL else f"{channels}k{kernel}"
-
-    stages = zip(arch.stages, arch.kernel_sizes, strict=True)
-    return "_".join([stem, *("-".join(map(block, widths, kernels)) for widths, kernels in stages)])
-
-
 def network_overrides(network: str = "cbam_resnet3d", arch: str | None = None) -> dict[str, Any]:
     """Training-config overrides that select a network of :data:`naslung.networks.NETWORKS`.
 
@@ -193,19 +178,12 @@ def network_overrides(network: str = "cbam_resnet3d", arch: str | None = None) -
     Raises:
         ConfigError: for an unknown network, or a spec given for a baseline.
     """
-    from naslung.networks import BASELINES, registered_name
-
     name = registered_name(network)
     if name not in BASELINES:
         return {} if arch is None else {"arch": arch}
     if arch is not None:
         raise ConfigError(f"an architecture spec ({arch!r}) is for cbam_resnet3d; network {name!r} takes none")
     return {"arch": name, "attention": "none"}
-
-
-def fold_dir_name(test_fold: int | None) -> str:
-    """Folder name of a fold's outputs inside a run directory (``fold_1`` ... or ``all`` without a test fold)."""
-    return "all" if test_fold is None else f"fold_{test_fold}"
 
 
 class _History:
@@ -248,8 +226,6 @@ def predict(
     Returns:
         one ``{"nodule_id", "label", "probability"}`` per item, in datalist order.
     """
-    from naslung.transforms import eval_transforms
-
     items = [dict(d, nodule_id=str(d.get("nodule_id", i))) for i, d in enumerate(datalist)]
     loader = DataLoader(Dataset(items, transform or eval_transforms()), batch_size=batch_size, shuffle=False)
     collector = PredictionCollector()
@@ -299,9 +275,9 @@ def train_fold(
     digest = fingerprint({k: v for k, v in merged.items() if k not in _RUNTIME_KEYS}, ids)
     if is_done(fold_dir, digest):
         logger.info("%s is up to date; skipping", fold_dir)
-        return json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads((fold_dir / FOLD_METRICS).read_text(encoding="utf-8"))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fold_dir / "config.json", merged)
+    write_json(fold_dir / FOLD_CONFIG, merged)
 
     parser = ConfigParser(copy.deepcopy(merged))
     parser["bundle_root"] = str(fold_dir)
@@ -319,7 +295,7 @@ def train_fold(
             cause = cause.__cause__
         reason = cause if isinstance(cause, NaslungError) else err
         raise ConfigError(f"cannot build the training engines from the config: {reason}") from err
-    history_path = fold_dir / "history.jsonl"
+    history_path = fold_dir / HISTORY
     _History(history_path, trainer, evaluator)
     if show_progress:
         from ignite.handlers import ProgressBar
@@ -330,12 +306,12 @@ def train_fold(
     trainer.run()
     set_determinism(seed=None)
 
-    best_path = fold_dir / "checkpoints" / "best_model.pt"
+    best_path = fold_dir / CHECKPOINT
     network.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     network.eval()
     batch_size = int(merged["batch_size"])
     val_rows = predict(network, split.val, device, batch_size)
-    _write_predictions(fold_dir / "val_predictions.csv", val_rows)
+    _write_predictions(fold_dir / VAL_PREDICTIONS, val_rows)
     result: dict[str, Any] = {
         "test_fold": test_fold,
         "best_epoch": json.loads(best_path.with_suffix(".json").read_text(encoding="utf-8"))["epoch"],
@@ -345,14 +321,14 @@ def train_fold(
         "n_val": len(split.val),
         "n_test": len(split.test),
     }
-    outputs = ["metrics.json", "val_predictions.csv", "checkpoints/best_model.pt", "history.jsonl"]
+    outputs = [FOLD_METRICS, VAL_PREDICTIONS, CHECKPOINT, HISTORY]
     if split.test:
         test_rows = predict(network, split.test, device, batch_size)
-        _write_predictions(fold_dir / "test_predictions.csv", test_rows)
+        _write_predictions(fold_dir / TEST_PREDICTIONS, test_rows)
         result["test"] = binary_metrics([r["label"] for r in test_rows], [r["probability"] for r in test_rows])
-        outputs.append("test_predictions.csv")
+        outputs.append(TEST_PREDICTIONS)
     result["history"] = read_jsonl(history_path)
-    write_json(fold_dir / "metrics.json", result)
+    write_json(fold_dir / FOLD_METRICS, result)
     mark_done(fold_dir, digest, outputs, {k: result[k] for k in ("val", "best_epoch") if k in result})
     return result
 
@@ -376,13 +352,11 @@ def train_folds(
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`train_fold` for each held-out fold and summarise test metrics as mean ± std over folds."""
-    from naslung.pipeline.metrics import summarise_folds
-
     per_fold = [train_fold(datalist, f, out_dir, config, overrides, show_progress) for f in folds]
     summary = {
         "folds": list(folds),
         "per_fold": [{"fold": r["test_fold"], **r.get("test", {})} for r in per_fold],
         "summary": summarise_folds([r["test"] for r in per_fold if "test" in r]) if per_fold else {},
     }
-    write_json(Path(out_dir) / "cv_metrics.json", summary)
+    write_json(Path(out_dir) / CV_METRICS, summary)
     return summary

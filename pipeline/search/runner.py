@@ -40,16 +40,16 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.config_files import read_config_file
+from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.figures import plot_pareto
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.run.config import CONFIG_FILES, merge_config
 from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, search_datalist
 from naslung.pipeline.search.candidate_latency import candidate_profiler
 from naslung.pipeline.search.dnas import run_dnas_search
@@ -82,7 +82,7 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("pop", "dnas")
 
 #: The packaged search config (MONAI bundle syntax).
-DEFAULT_SEARCH_CONFIG = "search.json"
+DEFAULT_SEARCH_CONFIG = CONFIG_FILES["search"]
 
 #: Files of a finished search step, relative to its folder.
 SEARCH_OUTPUTS = ["journal.jsonl", "pareto.csv", "pareto.png", "selected.json", "summary.json"]
@@ -104,34 +104,19 @@ _REPLAY_KEYS = (
 _SPACE_KEYS = ("channels", "min_blocks", "max_blocks", "stem", "depth_rule", "min_stage_blocks", "monotone")
 
 
-def _packaged_config() -> dict[str, Any]:
-    return json.loads(
-        resources.files("naslung.pipeline").joinpath("configs", DEFAULT_SEARCH_CONFIG).read_text(encoding="utf-8")
-    )
-
-
 def load_search_config(
     config: str | os.PathLike | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The packaged search config merged with a user config (file or dict) and ``overrides``, ``$`` expressions
     evaluated.
 
-    Keys use MONAI's ``#`` separator for nested entries (``"space#max_blocks": 5``).
+    Keys use MONAI's ``#`` separator for nested entries (``"space#max_blocks": 5``); merged by
+    :func:`naslung.pipeline.run.config.merge_config`.
 
     Raises:
         ConfigError: the file is missing or unreadable, a key is unknown, or a value cannot be evaluated.
     """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser(_packaged_config())
-    user = {} if config is None else dict(config) if isinstance(config, Mapping) else read_config_file(config, "config")
-    for source, items in (("config", user), ("override", dict(overrides or {}))):
-        for key, value in items.items():
-            head = key.split("#")[0]
-            if head not in parser.config:
-                known = sorted(k for k in parser.config if not k.startswith("_"))
-                raise ConfigError(f"unknown search {source} key {key!r}; known keys: {known}")
-            parser[key] = value
+    parser = merge_config("search", config, overrides)
     merged: dict[str, Any] = {}
     for key in parser.config:
         if key.startswith("_"):
@@ -142,7 +127,7 @@ def load_search_config(
             raise ConfigError(f"search config key {key!r} cannot be evaluated: {err}") from err
     if merged.get("strategy") not in STRATEGIES:
         raise ConfigError(f"search strategy {merged.get('strategy')!r} is not one of {STRATEGIES}")
-    dnas_defaults = _packaged_config()["dnas"]
+    dnas_defaults = packaged_config(DEFAULT_SEARCH_CONFIG)["dnas"]
     unknown_dnas = sorted(set(merged.get("dnas") or {}) - set(dnas_defaults))
     if unknown_dnas:
         raise ConfigError(f"unknown dnas option(s) {unknown_dnas}; known: {sorted(dnas_defaults)}")

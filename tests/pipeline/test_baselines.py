@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from naslung.networks import AngularLinear
-from naslung.pipeline.analysis import default_gradcam_layer, gradcam_maps, load_trained_network
+from naslung.pipeline.analysis import default_gradcam_layer, gradcam_maps
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.training import network_overrides, spec_slug, train_fold
 
 #: One step per epoch: 6 cubes in 3 folds; a held-out fold leaves 4, of which 2 validate and 2 form one batch.

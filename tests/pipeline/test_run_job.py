@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from naslung.pipeline import run_job
+from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.cli import main
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.run_job import load_profile, subsample_cohort
+from naslung.pipeline.run.config import STEP_NAMES, load_profile
+from naslung.pipeline.run_job import RUN_STEPS, RunContext, subsample_cohort
 
 TINY = {
     "prepare": {"subsample_nodules": 40, "scans": 1, "workers": 1},
@@ -40,12 +43,10 @@ def test_tiny_run_killed_then_resumed(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     args = ["run", "--config", str(config), "--out", str(run)]
 
-    import naslung.pipeline.training as training
-
     def killed(*args, **kwargs):
         raise _Killed("simulated kill during retraining")
 
-    monkeypatch.setattr(training, "train_folds", killed)
+    monkeypatch.setattr(run_job, "train_folds", killed)
     with pytest.raises(_Killed):
         main(args)
     stamps = {p: (run / p).stat().st_mtime_ns for p in ("data/manifest.csv", "search/journal.jsonl")}
@@ -104,10 +105,6 @@ def test_subsample_keeps_patients_whole_and_is_deterministic():
 
 def test_prepare_step_is_stale_after_a_renderer_version_change(tmp_path, monkeypatch):
     """Run data prepared by an older synthetic renderer is rendered again, not reused."""
-    import naslung.pipeline.embedded as embedded
-    import naslung.pipeline.synthetic_ct as synthetic_ct
-    from naslung.pipeline.run_job import RunContext, _step_prepare
-
     calls = []
 
     def fake_render(out_dir, rows, **kwargs):
@@ -116,68 +113,56 @@ def test_prepare_step_is_stale_after_a_renderer_version_change(tmp_path, monkeyp
         (out_dir / "manifest.csv").write_text("nodule_id\n", encoding="utf-8")
         return {"n_scans": 0}
 
-    monkeypatch.setattr(embedded, "render_embedded", fake_render)
+    monkeypatch.setattr(run_job, "render_embedded", fake_render)
     ctx = RunContext(run_dir=tmp_path, settings={"prepare": {"subsample_nodules": 10, "scans": 0}})
-    _step_prepare(ctx)
-    _step_prepare(ctx)
+    run_job._step_prepare(ctx)
+    run_job._step_prepare(ctx)
     assert len(calls) == 1  # up to date
-    monkeypatch.setattr(synthetic_ct, "RENDER_VERSION", synthetic_ct.RENDER_VERSION + 1)
-    _step_prepare(ctx)
+    monkeypatch.setattr(run_job, "RENDER_VERSION", run_job.RENDER_VERSION + 1)
+    run_job._step_prepare(ctx)
     assert len(calls) == 2  # stale: rendered again
 
 
 def test_parallel_retraining_runs_every_network_fold_job(tmp_path, monkeypatch):
-    from naslung.pipeline import training
-    from naslung.pipeline.run_job import RunContext, _run_jobs_in_parallel
-
     seen = []
-    monkeypatch.setattr(training, "train_fold_job", lambda job: seen.append((job["out_dir"], job["test_fold"])))
+    monkeypatch.setattr(run_job, "train_fold_job", lambda job: seen.append((job["out_dir"], job["test_fold"])))
     jobs = [{"out_dir": name, "test_fold": fold} for name in ("a", "b") for fold in (0, 1)]
     ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
-    _run_jobs_in_parallel(ctx, jobs, {"executor": "sequential", "threads_per_job": 1})
+    run_job._run_jobs_in_parallel(ctx, jobs, {"executor": "sequential", "threads_per_job": 1})
     assert sorted(seen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
-    with pytest.raises(ConfigError, match="unknown keys \\['threads'\\]"):
-        _run_jobs_in_parallel(ctx, jobs, {"threads": 1})
+    with pytest.raises(ConfigError, match="unknown key 'threads' in section 'train', 'parallel'"):
+        RunContext(run_dir=tmp_path, settings={"train": {"parallel": {"threads": 1}}})
 
 
 def test_evaluate_train_overrides_refine_the_train_section(tmp_path, monkeypatch):
-    from naslung.pipeline import analysis
-    from naslung.pipeline.run_job import RunContext, _step_evaluate
-
     seen = {}
 
     def fake_evaluate(run_dir, overrides, progress):
         seen.update(overrides)
         return {"analyses": [], "specs": [], "outputs": []}
 
-    monkeypatch.setattr(analysis, "run_evaluate_step", fake_evaluate)
+    monkeypatch.setattr(run_job, "run_evaluate_step", fake_evaluate)
     settings = {
         "train": {"lr": 0.002, "max_epochs": 10, "folds": [0, 1], "parallel": {"workers": 2}},
         "evaluate": {"folds": [0], "train_overrides": {"max_epochs": 2}},
     }
-    _step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
+    run_job._step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
     assert seen["train_overrides"] == {"lr": 0.002, "max_epochs": 2}  # lr kept, epochs refined, no step keys
     assert seen["folds"] == [0]
 
 
 def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_path, monkeypatch):
-    from naslung.pipeline import training
-    from naslung.pipeline.run_job import RunContext, _run_jobs_in_parallel
-    from naslung.pipeline.search import executors
-
     seen = []
-    monkeypatch.setattr(training, "train_fold_job", lambda job: seen.append(job))
-    monkeypatch.setattr(executors, "ray_available", lambda: False)
+    monkeypatch.setattr(run_job, "train_fold_job", lambda job: seen.append(job))
+    monkeypatch.setattr(run_job, "ray_available", lambda: False)
     ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
-    _run_jobs_in_parallel(ctx, [{"out_dir": "a", "test_fold": 0}], {"executor": "ray", "threads_per_job": 1})
+    run_job._run_jobs_in_parallel(ctx, [{"out_dir": "a", "test_fold": 0}], {"executor": "ray", "threads_per_job": 1})
     assert seen == []  # the step's own loop trains them with the configured threads
 
 
 @pytest.mark.parametrize("statuses, expected", [[("ok", "ok"), "ok"], [("ok", "failed"), "failed"]])
 def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expected):
-    from naslung.pipeline import bundle_export
     from naslung.pipeline.report import build_report
-    from naslung.pipeline.run_job import RunContext, _step_smoke
 
     names = ("naslung_classifier", "naslung_ensemble")
     for name in names:
@@ -189,8 +174,8 @@ def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expecte
     def fake_smoke(bundle, data_dir):
         return {"status": outcome[bundle.name], "bundle": str(bundle), "n": 4, "max_abs_difference": 1e-6}
 
-    monkeypatch.setattr(bundle_export, "smoke_test_bundle", fake_smoke)
-    line = _step_smoke(RunContext(run_dir=tmp_path, settings={}))
+    monkeypatch.setattr(run_job, "smoke_test_bundle", fake_smoke)
+    line = run_job._step_smoke(RunContext(run_dir=tmp_path, settings={}))
     assert all(name in line for name in names)
     record = json.loads((tmp_path / "bundles" / "smoke.json").read_text(encoding="utf-8"))
     assert record["status"] == expected
@@ -200,14 +185,49 @@ def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expecte
 
 
 def test_ensemble_step_passes_every_profile_key_and_refuses_unknown_ones(tmp_path, monkeypatch):
-    from naslung.pipeline import ensemble_step
-    from naslung.pipeline.run_job import RunContext, _step_ensemble
-
     seen = {}
-    monkeypatch.setattr(ensemble_step, "run_ensemble_step", lambda run_dir, progress, **kw: seen.update(kw) or {})
-    monkeypatch.setattr(ensemble_step, "ensemble_headline", lambda result: "headline")
+    monkeypatch.setattr(run_job, "run_ensemble_step", lambda run_dir, progress, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(run_job, "ensemble_headline", lambda result: "headline")
     settings = {"ensemble": {"draws": 3, "seed": 7, "sizes": [1, 3], "threshold": 0.4, "latency": False}}
-    assert _step_ensemble(RunContext(run_dir=tmp_path, settings=settings)) == "headline"
+    assert run_job._step_ensemble(RunContext(run_dir=tmp_path, settings=settings)) == "headline"
     assert seen == settings["ensemble"]
-    with pytest.raises(ConfigError, match="unknown keys \\['drawz'\\]"):
-        _step_ensemble(RunContext(run_dir=tmp_path, settings={"ensemble": {"drawz": 3}}))
+    config = tmp_path / "typo.json"
+    config.write_text('{"ensemble": {"drawz": 3}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{config}: unknown key 'drawz' in section 'ensemble'"):
+        load_profile("quick", config)
+    with pytest.raises(ConfigError, match="unknown key 'drawz' in section 'ensemble'"):
+        RunContext(run_dir=tmp_path, settings={"ensemble": {"drawz": 3}})
+
+
+def test_steps_are_those_the_cli_offers():
+    assert tuple(name for name, _ in RUN_STEPS) == STEP_NAMES
+
+
+@pytest.mark.parametrize("loss_name", ["softmax", "asoftmax"])
+def test_retrained_networks_and_baselines_take_the_profiles_loss(tmp_path, monkeypatch, loss_name):
+    """Issue 14: the retrained networks were forced to A-Softmax while the baselines took the profile's loss."""
+    write_json(tmp_path / "search" / "selected.json", {"specs": ["[4,4,[4],[4],[8]]"]})
+    trained, baselines = {}, {}
+    monkeypatch.setattr(run_job, "read_manifest", lambda path: [])
+    monkeypatch.setattr(run_job, "write_rank_correlation", lambda run: {"rho": None, "reason": "test", "metric": "auc"})
+    monkeypatch.setattr(
+        run_job,
+        "train_folds",
+        lambda data, folds, out, overrides, show_progress: trained.update(overrides) or {"summary": {}},
+    )
+    monkeypatch.setattr(run_job, "train_baselines", lambda *args, overrides, **kw: baselines.update(overrides) or {})
+    settings = {
+        "train": {"loss_name": loss_name, "folds": [0], "max_epochs": 1},
+        "baselines": {"networks": ["resnet18"], "train": {}},
+    }
+    ctx = RunContext(run_dir=tmp_path, settings=settings)
+    run_job._step_train(ctx)
+    run_job._step_baselines(ctx)
+    assert trained["loss_name"] == baselines["loss_name"] == loss_name
+    assert trained["arch"] == "[4,4,[4],[4],[8]]" and "parallel" not in trained
+
+
+def test_packaged_profiles_name_the_loss():
+    """The loss is the profile's policy, written in its train section (not forced by the step)."""
+    for profile in ("quick", "standard", "paper"):
+        assert load_profile(profile)["train"]["loss_name"] == "asoftmax"

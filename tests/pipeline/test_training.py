@@ -99,7 +99,7 @@ def test_killed_run_resumes_to_identical_weights(cube_datalist, tmp_path, monkey
 
 
 def test_unknown_override_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown config key 'max_epoch'"):
+    with pytest.raises(ConfigError, match="unknown training config key 'max_epoch'"):
         load_train_config(overrides={"max_epoch": 3})
 
 
