@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn as nn
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Pool
-from monai.utils import look_up_option
 
 from naslung.networks.blocks.cbam import CBAMBlock
 from naslung.networks.blocks.residual import ResidualBlock
-from naslung.networks.errors import ConfigError
-from naslung.networks.heads import HEADS, classification_head
 from naslung.networks.initialisation import init_resnet_weights_
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
+from naslung.networks.staged_network import STAGE_NAMES, StagedCBAMNetwork
 
 __all__ = ["ATTENTION_OPTIONS", "STAGE_NAMES", "CBAMResNet3D"]
 
 ATTENTION_OPTIONS = ("channel_first", "spatial_first", "none")
 """``attention`` values: CBAM channel-first (the paper's), spatial-first (Table 3) or no CBAM (Table 2's base)."""
 
-"""``head`` values: a fully connected layer (softmax training) or A-Softmax's :class:`AngularLinear`."""
 
-STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4", "stage5")
-"""Attribute names of the five stages; stages 2-5 end with CBAM (their ``cbam`` child) unless attention is off."""
-
-
-def _option(value: Any, supported: Sequence[str], what: str) -> str:
-    """Validate a string option of :class:`CBAMResNet3D` with MONAI's ``look_up_option``."""
-    try:
-        return look_up_option("none" if value is None else value, supported)
-    except ValueError:
-        raise ConfigError(f"CBAMResNet3D: {what} {value!r} is not supported; use one of {tuple(supported)}.") from None
-
-
-class CBAMResNet3D(nn.Module):
+class CBAMResNet3D(StagedCBAMNetwork):
     """The general 3D network of NAS-Lung (Jiang et al. 2021, Sec. 3.1-3.3, Fig. 1-3), any spec of eq. (7).
 
     Layout for ``arch = [C1, C2, [C^3_1..C^3_L], [C^4_1..C^4_M], [C^5_1..C^5_N]]`` and a 32^3 nodule cube:
@@ -112,77 +93,20 @@ class CBAMResNet3D(nn.Module):
         spatial_kernel_size: int = 3,
         record_attention: bool = True,
     ) -> None:
-        super().__init__()
-        if spatial_dims not in (1, 2, 3):
-            raise ConfigError(f"CBAMResNet3D: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        if in_channels < 1 or num_classes < 1:
-            raise ConfigError(
-                f"CBAMResNet3D: in_channels and num_classes must be positive, got {in_channels}, {num_classes}."
-            )
-        self.arch = ArchSpec.coerce(arch)
-        self.attention = _option(attention, ATTENTION_OPTIONS, "attention")
-        self.head_type = _option(head, HEADS, "head")
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.num_classes = num_classes
+        super().__init__(spatial_dims, in_channels, num_classes, arch, attention, head, ATTENTION_OPTIONS)
 
-        def cbam(channels: int) -> OrderedDict[str, nn.Module]:
-            if self.attention == "none":
-                return OrderedDict()
-            block = CBAMBlock(
+        def conv_unit(c_in: int, c_out: int) -> Convolution:
+            return Convolution(spatial_dims, c_in, c_out, kernel_size=3, act=act, norm=norm, bias=False)
+
+        def residual_block(index: int, c_in: int, c_out: int, kernel: int) -> ResidualBlock:
+            stride = 2 if index == 0 else 1  # each of stages 3-5 downsamples in its first block
+            return ResidualBlock(spatial_dims, c_in, c_out, stride=stride, kernel_size=kernel, act=act, norm=norm)
+
+        def cbam(channels: int) -> CBAMBlock:
+            return CBAMBlock(
                 spatial_dims, channels, reduction=cbam_reduction, spatial_kernel_size=spatial_kernel_size,
                 order=self.attention, act=act, record_spatial_map=record_attention,
             )  # fmt: skip
-            return OrderedDict(cbam=block)
 
-        spec = self.arch
-        self.stage1 = Convolution(spatial_dims, in_channels, spec.stage1, kernel_size=3, act=act, norm=norm, bias=False)
-        conv2 = Convolution(spatial_dims, spec.stage1, spec.stage2, kernel_size=3, act=act, norm=norm, bias=False)
-        self.stage2 = nn.Sequential(OrderedDict(conv2=conv2, **cbam(spec.stage2)))
-        channels = spec.stage2
-        for name, blocks, kernels in zip(STAGE_NAMES[2:], spec.stages, spec.kernel_sizes, strict=True):
-            layers: OrderedDict[str, nn.Module] = OrderedDict()
-            for index, (out_channels, kernel) in enumerate(zip(blocks, kernels, strict=True)):
-                stride = 2 if index == 0 else 1
-                layers[f"block{index + 1}"] = ResidualBlock(
-                    spatial_dims, channels, out_channels, stride=stride, kernel_size=kernel, act=act, norm=norm
-                )
-                channels = out_channels
-            layers.update(cbam(channels))
-            setattr(self, name, nn.Sequential(layers))
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.head = classification_head(self.head_type, channels, num_classes, margin)
-        self.feature_channels = channels
+        self._build_stages(conv_unit, residual_block, cbam, margin)
         init_resnet_weights_(self, spatial_dims)
-
-    @torch.jit.export
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: the globally pooled output of stage 5, the input of the head.
-
-        Args:
-            x: (B, in_channels, *spatial) nodule cubes.
-
-        Returns:
-            (B, C^5_N) feature vectors (for t-SNE, Fig. 6, and the Davies-Bouldin index, Table 4).
-        """
-        x = self.stage5(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
-        return torch.flatten(self.pool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify ``x`` (B, in_channels, *spatial): (B, num_classes) logits in eval mode."""
-        return self.head(self.features(x))
-
-    def attention_maps(self) -> dict[str, torch.Tensor]:
-        """The spatial attention map of each stage's CBAM from the last forward pass.
-
-        Returns:
-            ``{"stage2": (B, 1, 32, 32, 32), "stage3": (B, 1, 16, 16, 16), ...}`` for a 32^3 input, detached,
-            values in (0, 1); empty without attention, before any forward pass, or with ``record_attention=False``.
-            Call it on the eager module (a TorchScript copy records too, in each ``stageN.cbam.spatial_map``).
-        """
-        maps: dict[str, torch.Tensor] = {}
-        for name in STAGE_NAMES[1:]:
-            block = getattr(getattr(self, name), "cbam", None)
-            if isinstance(block, CBAMBlock) and block.spatial_map is not None:
-                maps[name] = block.spatial_map
-        return maps

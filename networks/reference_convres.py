@@ -6,17 +6,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Pool
-from monai.utils import look_up_option
 
 from naslung.networks.blocks.reference_cbam import ReferenceCBAMBlock
 from naslung.networks.blocks.reference_residual import ReferenceResidualBlock
-from naslung.networks.errors import ConfigError
-from naslung.networks.heads import HEADS, classification_head
 from naslung.networks.spec import PAPER_MODEL_1, ArchSpec
+from naslung.networks.staged_network import STAGE_NAMES, StagedCBAMNetwork
 
 __all__ = ["REFERENCE_ATTENTION_OPTIONS", "STAGES", "ReferenceConvRes3D"]
 
@@ -24,11 +20,11 @@ REFERENCE_ATTENTION_OPTIONS = ("channel_first", "none")
 """``attention`` values of the reference layout: the authors' CBAM (:class:`ReferenceCBAMBlock`, channel gate
 first) or none. The authors' layer has no spatial-first order: its output ``M_S * x + x`` is defined by the order."""
 
-STAGES = ("stage3", "stage4", "stage5")
+STAGES = STAGE_NAMES[2:]
 """Attribute names of the residual stages 3-5 (``stage1`` is Conv1, ``stage2`` Conv2 and CBAM)."""
 
 
-class ReferenceConvRes3D(nn.Module):
+class ReferenceConvRes3D(StagedCBAMNetwork):
     """NAS-Lung's general network exactly as the authors' code builds it (``ConvRes`` of fei-hdu/NAS-Lung).
 
     For ``arch = [C1, C2, [C^3_1..C^3_L], [C^4_1..C^4_M], [C^5_1..C^5_N]]`` and a 32^3 nodule cube:
@@ -98,87 +94,21 @@ class ReferenceConvRes3D(nn.Module):
         spatial_kernel_size: int = 3,
         record_attention: bool = True,
     ) -> None:
-        super().__init__()
-        if spatial_dims not in (1, 2, 3):
-            raise ConfigError(f"ReferenceConvRes3D: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        if in_channels < 1 or num_classes < 1:
-            raise ConfigError(
-                f"ReferenceConvRes3D: in_channels and num_classes must be positive, got {in_channels}, {num_classes}."
-            )
-        self.arch = ArchSpec.coerce(arch)
-        self.attention = _option(attention, REFERENCE_ATTENTION_OPTIONS, "attention")
-        self.head_type = _option(head, HEADS, "head")
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-
-        def cbam(channels: int) -> OrderedDict[str, nn.Module]:
-            if self.attention == "none":
-                return OrderedDict()
-            block = ReferenceCBAMBlock(
-                spatial_dims, channels, reduction=cbam_reduction, spatial_kernel_size=spatial_kernel_size,
-                record_spatial_map=record_attention,
-            )  # fmt: skip
-            return OrderedDict(cbam=block)
+        super().__init__(spatial_dims, in_channels, num_classes, arch, attention, head, REFERENCE_ATTENTION_OPTIONS)
 
         def unit(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> Convolution:
             return Convolution(spatial_dims, c_in, c_out, strides=stride, kernel_size=3, act=act, norm=norm, bias=bias)
 
-        spec = self.arch
-        self.stage1 = unit(in_channels, spec.stage1)
-        self.stage2 = nn.Sequential(OrderedDict(conv2=unit(spec.stage1, spec.stage2), **cbam(spec.stage2)))
-        channels = spec.stage2
-        for name, blocks, kernels in zip(STAGES, spec.stages, spec.kernel_sizes, strict=True):
-            layers: OrderedDict[str, nn.Module] = OrderedDict(downsample=unit(channels, channels, 2, bias=False))
-            for index, (out_channels, kernel) in enumerate(zip(blocks, kernels, strict=True)):
-                layers[f"block{index + 1}"] = ReferenceResidualBlock(
-                    spatial_dims, channels, out_channels, kernel_size=kernel, act=act, norm=norm
-                )
-                channels = out_channels
-            layers.update(cbam(channels))
-            setattr(self, name, nn.Sequential(layers))
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.head = classification_head(self.head_type, channels, num_classes, margin)
-        self.feature_channels = channels
+        def downsample(channels: int) -> OrderedDict[str, nn.Module]:
+            return OrderedDict(downsample=unit(channels, channels, 2, bias=False))
 
-    @torch.jit.export
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: the globally pooled output of stage 5, the input of the head.
+        def residual_block(index: int, c_in: int, c_out: int, kernel: int) -> ReferenceResidualBlock:
+            return ReferenceResidualBlock(spatial_dims, c_in, c_out, kernel_size=kernel, act=act, norm=norm)
 
-        Args:
-            x: (B, in_channels, *spatial) nodule cubes.
+        def cbam(channels: int) -> ReferenceCBAMBlock:
+            return ReferenceCBAMBlock(
+                spatial_dims, channels, reduction=cbam_reduction, spatial_kernel_size=spatial_kernel_size,
+                record_spatial_map=record_attention,
+            )  # fmt: skip
 
-        Returns:
-            (B, C^5_N) feature vectors.
-        """
-        x = self.stage5(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
-        return torch.flatten(self.pool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify ``x`` (B, in_channels, *spatial): (B, num_classes) logits in eval mode."""
-        return self.head(self.features(x))
-
-    def attention_maps(self) -> dict[str, torch.Tensor]:
-        """The spatial attention map of each stage's CBAM from the last forward pass.
-
-        Returns:
-            ``{"stage2": (B, 1, 32, 32, 32), "stage3": (B, 1, 16, 16, 16), ...}`` for a 32^3 input, detached,
-            values in (0, 1); empty without attention, before any forward pass, or with ``record_attention=False``.
-        """
-        maps: dict[str, torch.Tensor] = {}
-        for name in ("stage2", *STAGES):
-            block = getattr(getattr(self, name), "cbam", None)
-            if isinstance(block, ReferenceCBAMBlock) and block.spatial_map is not None:
-                maps[name] = block.spatial_map
-        return maps
-
-
-def _option(value: Any, supported: Sequence[str], what: str) -> str:
-    """Validate a string option of :class:`ReferenceConvRes3D` with MONAI's ``look_up_option``."""
-    try:
-        return look_up_option("none" if value is None else value, supported)
-    except ValueError:
-        raise ConfigError(
-            f"ReferenceConvRes3D: {what} {value!r} is not supported in the reference layout; use one of "
-            f"{tuple(supported)}."
-        ) from None
+        self._build_stages(unit, residual_block, cbam, margin, stage_opening=downsample)

@@ -92,6 +92,7 @@ INFERENCE_MODULES: tuple[str, ...] = (
     "naslung.networks.blocks.residual",
     "naslung.networks.blocks.reference_cbam",
     "naslung.networks.blocks.reference_residual",
+    "naslung.networks.staged_network",
     "naslung.networks.cbam_resnet",
     "naslung.networks.reference_convres",
     "naslung.networks.mc3",

@@ -12,10 +12,44 @@ from monai.utils import look_up_option
 
 from naslung.networks.errors import ConfigError
 
-__all__ = ["CBAM_ORDERS", "ChannelAttention", "SpatialAttention", "CBAMBlock"]
+__all__ = [
+    "CBAM_ORDERS",
+    "ChannelAttention",
+    "SpatialAttention",
+    "CBAMBlock",
+    "SpatialMapRecorder",
+    "spatial_gate_conv",
+]
 
 CBAM_ORDERS = ("channel_first", "spatial_first")
 """Orders of the two attention steps: Woo et al.'s (and the paper's final) channel-first, and Table 3's switch."""
+
+
+def spatial_gate_conv(spatial_dims: int, kernel_size: int, where: str) -> nn.Module:
+    """CBAM's spatial-gate convolution: 2 channel-pooled maps in, 1 map out, bias-free, size kept (``kernel_size``
+    odd). Raises ConfigError naming ``where`` (caller and argument, e.g. ``"SpatialAttention: kernel_size"``)."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"{where} must be odd and positive, got {kernel_size}.")
+    return Conv[Conv.CONV, spatial_dims](2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+
+
+class SpatialMapRecorder(nn.Module):
+    """Base of the CBAM blocks: when ``record_spatial_map`` is true, each forward pass keeps its spatial attention map
+    in :attr:`spatial_map` (detached, (B, 1, *spatial)) for the figures (Fig. 5); output unchanged, TorchScript too."""
+
+    spatial_map: Optional[torch.Tensor]  # noqa: UP045
+    # TorchScript types module attributes from evaluated annotations (postponed here); subclasses declare none.
+    __annotations__["spatial_map"] = Optional[torch.Tensor]  # noqa: UP045
+
+    def __init__(self, record_spatial_map: bool = True) -> None:
+        super().__init__()
+        self.record_spatial_map = record_spatial_map
+        self.spatial_map = None
+
+    def _record(self, spatial_map: torch.Tensor) -> None:
+        """Keep ``spatial_map`` (B, 1, *spatial), detached, when recording is on."""
+        if self.record_spatial_map:
+            self.spatial_map = spatial_map.detach()
 
 
 class ChannelAttention(nn.Module):
@@ -88,9 +122,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, spatial_dims: int, kernel_size: int = 3) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ConfigError(f"SpatialAttention: kernel_size must be odd and positive, got {kernel_size}.")
-        self.conv = Conv[Conv.CONV, spatial_dims](2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = spatial_gate_conv(spatial_dims, kernel_size, "SpatialAttention: kernel_size")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,16 +135,14 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
-class CBAMBlock(nn.Module):
+class CBAMBlock(SpatialMapRecorder):
     """Convolutional Block Attention Module (Woo et al. 2018), as used in NAS-Lung (Jiang et al. 2021, eq. 1).
 
     Channel-first (default): ``F' = M_C(F) * F``, ``F'' = M_S(F') * F'``. Spatial-first (Table 3): the two steps
     swapped. The output has the shape of the input. Both maps start at 0.5 (see :class:`ChannelAttention`), so at
     initialisation the block scales its input by 0.25 and learns its attention from there.
 
-    The last spatial attention map is kept in :attr:`spatial_map` (detached, (B, 1, *spatial)) after every forward
-    pass when ``record_spatial_map`` is true, for the attention figures (Fig. 5); it does not change the output
-    and works under TorchScript.
+    The last spatial attention map is kept in :attr:`spatial_map`, see :class:`SpatialMapRecorder`.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -127,10 +157,6 @@ class CBAMBlock(nn.Module):
         ConfigError: for an unknown ``order`` or invalid sizes.
     """
 
-    spatial_map: Optional[torch.Tensor]  # noqa: UP045
-    # TorchScript types module attributes from evaluated annotations; this module's are postponed (strings).
-    __annotations__["spatial_map"] = Optional[torch.Tensor]  # noqa: UP045
-
     def __init__(
         self,
         spatial_dims: int,
@@ -141,7 +167,7 @@ class CBAMBlock(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         record_spatial_map: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(record_spatial_map)
         try:
             order = look_up_option(order, CBAM_ORDERS)
         except ValueError as err:
@@ -152,8 +178,6 @@ class CBAMBlock(nn.Module):
         self.channel_first = order == "channel_first"
         self.channel_attention = ChannelAttention(spatial_dims, in_channels, reduction=reduction, act=act)
         self.spatial_attention = SpatialAttention(spatial_dims, kernel_size=spatial_kernel_size)
-        self.record_spatial_map = record_spatial_map
-        self.spatial_map = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Refine ``x`` (B, C, *spatial) by channel and spatial attention; same shape out."""
@@ -165,6 +189,5 @@ class CBAMBlock(nn.Module):
             spatial_map = self.spatial_attention(x)
             x = x * spatial_map
             x = x * self.channel_attention(x)
-        if self.record_spatial_map:
-            self.spatial_map = spatial_map.detach()
+        self._record(spatial_map)
         return x

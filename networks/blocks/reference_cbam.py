@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.factories import Pool
 
+from naslung.networks.blocks.cbam import SpatialMapRecorder, spatial_gate_conv
 from naslung.networks.errors import ConfigError
 
 __all__ = ["ReferenceCBAMBlock"]
 
 
-class ReferenceCBAMBlock(nn.Module):
+class ReferenceCBAMBlock(SpatialMapRecorder):
     """The attention layer of the NAS-Lung authors' code (``ResCBAMLayer`` of fei-hdu/NAS-Lung, ``models/cnn_res.py``).
 
     It differs from Woo et al.'s CBAM (:class:`~naslung.networks.blocks.CBAMBlock`) in three ways, which
@@ -36,8 +35,7 @@ class ReferenceCBAMBlock(nn.Module):
         reduction: hidden width of the channel MLP is ``C // reduction`` (the authors' 4). It may be 0 for
             ``C < reduction``, as in the authors' code: the channel gate is then uniform, ``1 / C``.
         spatial_kernel_size: kernel of the spatial gate's convolution (the authors' 3), odd.
-        record_spatial_map: keep the last spatial map in :attr:`spatial_map` (detached, (B, 1, *spatial)) for the
-            attention figures; it does not change the output and works under TorchScript.
+        record_spatial_map: keep the last spatial map in :attr:`spatial_map`, see :class:`SpatialMapRecorder`.
 
     Shapes:
         input ``x``: (B, C, *spatial); output: same shape.
@@ -45,10 +43,6 @@ class ReferenceCBAMBlock(nn.Module):
     Raises:
         ConfigError: for non-positive channels or reduction, or an even kernel.
     """
-
-    spatial_map: Optional[torch.Tensor]  # noqa: UP045
-    # TorchScript types module attributes from evaluated annotations; this module's are postponed (strings).
-    __annotations__["spatial_map"] = Optional[torch.Tensor]  # noqa: UP045
 
     def __init__(
         self,
@@ -58,14 +52,10 @@ class ReferenceCBAMBlock(nn.Module):
         spatial_kernel_size: int = 3,
         record_spatial_map: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(record_spatial_map)
         if in_channels < 1 or reduction < 1:
             raise ConfigError(
                 f"ReferenceCBAMBlock: in_channels and reduction must be positive, got {in_channels} and {reduction}."
-            )
-        if spatial_kernel_size < 1 or spatial_kernel_size % 2 == 0:
-            raise ConfigError(
-                f"ReferenceCBAMBlock: spatial_kernel_size must be odd and positive, got {spatial_kernel_size}."
             )
         hidden = in_channels // reduction
         self.in_channels = in_channels
@@ -74,11 +64,8 @@ class ReferenceCBAMBlock(nn.Module):
         self.channel_mlp = nn.Sequential(
             nn.Linear(in_channels, hidden, bias=False), nn.Linear(hidden, in_channels, bias=False)
         )
-        self.spatial_conv = Conv[Conv.CONV, spatial_dims](
-            2, 1, kernel_size=spatial_kernel_size, padding=spatial_kernel_size // 2, bias=False
-        )
-        self.record_spatial_map = record_spatial_map
-        self.spatial_map = None
+        where = "ReferenceCBAMBlock: spatial_kernel_size"
+        self.spatial_conv = spatial_gate_conv(spatial_dims, spatial_kernel_size, where)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The softmax channel weights of ``x`` (B, C, *spatial), shaped (B, C, 1, ..., 1), summing to 1 over C."""
@@ -93,6 +80,5 @@ class ReferenceCBAMBlock(nn.Module):
         refined = self.channel_gate(x) * x
         pooled = torch.cat([torch.amax(refined, dim=1, keepdim=True), torch.mean(refined, dim=1, keepdim=True)], 1)
         spatial_map = torch.sigmoid(self.spatial_conv(pooled))
-        if self.record_spatial_map:
-            self.spatial_map = spatial_map.detach()
+        self._record(spatial_map)
         return spatial_map * x + x

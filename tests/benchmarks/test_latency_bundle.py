@@ -3,23 +3,12 @@ through ``python -m monai.bundle run``, written to the results JSON (run here at
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _latency():
-    spec = importlib.util.spec_from_file_location("naslung_benchmarks_latency", BENCHMARKS_DIR / "latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bundle_throughput_side_by_side(tmp_path, capsys):
+def test_bundle_throughput_side_by_side(tmp_path, capsys, load_benchmark):
     out = tmp_path / "latency.json"
-    _latency().main(["--bundle-only", "--bundle-cubes", "3", "--bundle-repeats", "1", "--out", str(out)])
+    load_benchmark("latency").main(["--bundle-only", "--bundle-cubes", "3", "--bundle-repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text(encoding="utf-8"))["bundle_throughput"]
     assert (result["n_cubes"], result["repeats"], result["threads"]) == (3, 1, 1)
     assert set(result["configs"]) == {"inference.json", "inference_onnx.json"}

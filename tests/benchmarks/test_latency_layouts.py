@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
-
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _latency():
-    spec = importlib.util.spec_from_file_location("naslung_benchmarks_latency", BENCHMARKS_DIR / "latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_layouts_side_by_side(capsys):
-    rows = _latency().bench_layouts("[4,4,[4,4],[4,8],[8,8]]", argparse.Namespace(threads=1, repeats=1))
+def test_layouts_side_by_side(capsys, load_benchmark):
+    rows = load_benchmark("latency").bench_layouts("[4,4,[4,4],[4,8],[8,8]]", argparse.Namespace(threads=1, repeats=1))
     assert {layout: int(row["parameters"]) for layout, row in rows.items()} == {"naslung": 13_314, "reference": 16_128}
     assert all(row["eager_ms"] > 0 and row["onnxruntime_ms"] > 0 for row in rows.values())
     assert rows["reference"]["macs"] > rows["naslung"]["macs"]

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def _run_all():
-    spec = importlib.util.spec_from_file_location("naslung_benchmarks_run_all", BENCHMARKS_DIR / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_benchmark_is_listed():
-    scripts = {path.stem for path in BENCHMARKS_DIR.glob("*.py")} - {"run_all", "__init__"}
-    assert set(_run_all().BENCHMARKS) == scripts
+def test_every_benchmark_is_listed(benchmarks_dir, load_benchmark):
+    scripts = {path.stem for path in benchmarks_dir.glob("*.py")} - {"run_all", "__init__"}
+    assert set(load_benchmark("run_all").BENCHMARKS) == scripts
 
 
 # benchmark, its stdout (lines as the benchmark prints them), the lines run_all must keep
@@ -67,5 +55,5 @@ HEADLINE_CASES = [
 
 
 @pytest.mark.parametrize("name, stdout, expected", HEADLINE_CASES)
-def test_headline_lines_keep_each_benchmarks_result(name, stdout, expected):
-    assert _run_all().headline_lines(name, stdout) == expected
+def test_headline_lines_keep_each_benchmarks_result(name, stdout, expected, load_benchmark):
+    assert load_benchmark("run_all").headline_lines(name, stdout) == expected

@@ -41,21 +41,6 @@ def test_training_output_of_each_head(head, train_shape):
     assert net(torch.randn(2, 1, 16, 16, 16)).shape == train_shape
 
 
-@pytest.mark.parametrize("attention", ["channel_first", "spatial_first"])
-def test_attention_maps_of_each_stage(attention):
-    net = CBAMResNet3D(arch=MODEL_1, attention=attention).eval()
-    assert net.attention_maps() == {}
-    net(torch.randn(2, 1, 32, 32, 32))
-    maps = net.attention_maps()
-    assert {name: tuple(m.shape) for name, m in maps.items()} == {
-        "stage2": (2, 1, 32, 32, 32),
-        "stage3": (2, 1, 16, 16, 16),
-        "stage4": (2, 1, 8, 8, 8),
-        "stage5": (2, 1, 4, 4, 4),
-    }
-    assert all(0 < float(m.min()) and float(m.max()) < 1 for m in maps.values())
-
-
 def test_recording_does_not_change_the_output(randomise_norms):
     recording = randomise_norms(CBAMResNet3D(arch=MODEL_1)).eval()
     silent = CBAMResNet3D(arch=MODEL_1, record_attention=False).eval()

@@ -141,21 +141,6 @@ def test_reference_layout_shapes_and_torchscript(kwargs, input_shape, expected_s
     torch.testing.assert_close(scripted, logits)
 
 
-def test_attention_maps_are_recorded_per_stage():
-    network = ReferenceConvRes3D(arch=MODEL_1).eval()
-    with torch.no_grad():
-        network(_cubes(batch=2))
-    maps = network.attention_maps()
-    assert {name: tuple(m.shape) for name, m in maps.items()} == {
-        "stage2": (2, 1, 32, 32, 32),
-        "stage3": (2, 1, 16, 16, 16),
-        "stage4": (2, 1, 8, 8, 8),
-        "stage5": (2, 1, 4, 4, 4),
-    }
-    assert all(float(m.min()) > 0 and float(m.max()) < 1 for m in maps.values())
-    assert ReferenceConvRes3D(arch=MODEL_1, attention="none").attention_maps() == {}
-
-
 def test_factory_layout_option():
     assert set(LAYOUTS) == {"naslung", "reference"}
     assert isinstance(build_network(MODEL_1, layout="reference"), ReferenceConvRes3D)
