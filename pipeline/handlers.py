@@ -124,7 +124,7 @@ class BestModelSaver:
     Validations before ``min_epoch`` are not candidates, except that the first validation is kept until an
     eligible one replaces it (so a run stopped early still leaves a model). On a validation split of ~90
     nodules, AUC moves by ~0.03 between epochs, so a lucky early epoch can win over the trained network:
-    standard profile run 1 kept epoch 1 of 12 for one member (``benchmarks/results/standard_run/members.json``).
+    standard profile run 1 kept epoch 1 of 12 for one member (``benchmarks/results/standard_run_1/members.json``).
 
     Args:
         save_dir: folder of the weights.
