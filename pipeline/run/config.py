@@ -111,7 +111,7 @@ def merge_config(
         if isinstance(config, Mapping):
             sources.append(("config", config, new_keys_in_config))
         else:
-            sources.append((str(config), read_config_file(config, _KIND_NAMES[kind]), new_keys_in_config))
+            sources.append((str(config), read_config_file(config, f"{_KIND_NAMES[kind]} file"), new_keys_in_config))
     sources.append(("overrides", overrides or {}, False))
     for where, items, free in sources:
         for key, value in items.items():

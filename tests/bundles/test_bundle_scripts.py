@@ -20,8 +20,10 @@ from naslung.pipeline.bundle_export import (
 #: The issue's target for a bundle's whole ``scripts/`` (issue 14). Not met yet: fine-tuning (``train.json``) still
 #: needs naslung's training components, which live in naslung.pipeline (handlers, lr schedule in training.py).
 TARGET_SCRIPTS_LINES = 2000
-#: What the bundle ships today, as a bound that catches growth (5,736 lines before the declared list).
-MAX_SCRIPTS_LINES = 5400
+#: What the bundle ships today, as a bound that catches growth (5,736 lines before the declared list). 5,400 grew to
+#: 5,800 when training.py began to take its fold names and config loader from naslung.pipeline.run (layout, config):
+#: the bundle ships training.py whole for one function its train.json names (build_lr_scheduler).
+MAX_SCRIPTS_LINES = 5800
 #: The part that inference imports (networks, cube transform, scan reader, bundle runtime, generated packages).
 MAX_INFERENCE_LINES = 3500
 

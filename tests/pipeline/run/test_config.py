@@ -48,7 +48,7 @@ def test_training_config_file_may_define_new_ids():
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nothing.json: training config not found"):
+    with pytest.raises(ConfigError, match="nothing.json: training config file not found"):
         merge_config("train", tmp_path / "nothing.json")
 
 
