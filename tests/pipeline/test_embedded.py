@@ -174,10 +174,11 @@ def test_subsample_keeps_every_column_of_the_rows_it_draws():
 
 def test_prepare_step_writes_the_rendered_cohort_and_restores_it(tmp_path, monkeypatch):
     """``naslung run``'s embedded prepare step leaves RUN/data/cohort.csv; a run prepared without one gets it back."""
-    import naslung.pipeline.cohort as cohort
+    import naslung.pipeline.run_job as run_job
 
     rows = [dict(r) for r in _few_rows()]
-    monkeypatch.setattr(cohort, "load_default_cohort", lambda: [dict(r) for r in rows])
+    # the prepare step looks the packaged cohort up in run_job's namespace (imported there at module level)
+    monkeypatch.setattr(run_job, "load_default_cohort", lambda: [dict(r) for r in rows])
     ctx = RunContext(run_dir=tmp_path, settings={"prepare": {"scans": 0, "workers": 1, "seed": 0}})
     _step_prepare(ctx)
     written = tmp_path / "data" / COHORT_FILE
