@@ -51,7 +51,8 @@ from naslung.networks import (
     to_torchscript,
 )
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.bundle_export import export_bundle, run_bundle_inference
+from naslung.pipeline.export.smoke import run_bundle_inference
+from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.training import load_train_config, spec_slug
 
 __all__ = ["main", "bench_layouts", "bench_spec", "bench_bundle_throughput"]

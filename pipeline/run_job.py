@@ -23,12 +23,14 @@ import numpy as np
 from naslung.pipeline.analysis import run_evaluate_step
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.baselines import train_baselines
-from naslung.pipeline.bundle_export import export_bundle, smoke_test_bundle, trained_members
 from naslung.pipeline.cohort import load_default_cohort
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
 from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
 from naslung.pipeline.errors import ConfigError, NaslungError
+from naslung.pipeline.export.run_content import trained_members
+from naslung.pipeline.export.smoke import smoke_test_bundle
+from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.prepare_raw import prepare_scans
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.report import build_report

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.bundle_export import export_bundle
+    from naslung.pipeline.export.step import export_bundle
     from naslung.pipeline.progress import no_progress, tqdm_progress
 
     quiet = getattr(args, "quiet", False)

@@ -103,7 +103,7 @@ def bundle_run(tmp_path_factory) -> BundleRun:
 @pytest.fixture(scope="session")
 def exported(bundle_run):
     """The classifier (first spec) and ensemble (both specs) bundles exported from the run."""
-    from naslung.pipeline.bundle_export import export_bundle
+    from naslung.pipeline.export.step import export_bundle
 
     out = bundle_run.root / "bundles"
     return {

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from naslung.pipeline.bundle_export import (
-    MAX_FILE_BYTES,
-    check_bundle_layout,
-    default_members,
-    resolve_member,
-    rewrite_naslung_imports,
-)
 from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.export.checks import MAX_FILE_BYTES, check_bundle_layout
+from naslung.pipeline.export.run_content import default_members, resolve_member
+from naslung.pipeline.export.scripts import rewrite_naslung_imports
 
 
 def _remove(path: Path) -> None:

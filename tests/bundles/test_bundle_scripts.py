@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from naslung.pipeline.bundle_export import (
-    BUNDLE_MODULES,
-    BUNDLE_PACKAGE_EXPORTS,
-    INFERENCE_MODULES,
-    hide_naslung_code,
-)
+from naslung.pipeline.export.checks import hide_naslung_code
+from naslung.pipeline.export.scripts import BUNDLE_MODULES, BUNDLE_PACKAGE_EXPORTS, INFERENCE_MODULES
 
-#: The issue's target for a bundle's whole ``scripts/`` (issue 14). Not met yet: fine-tuning (``train.json``) still
-#: needs naslung's training components, which live in naslung.pipeline (handlers, lr schedule in training.py).
+#: The issue's target for a bundle's whole ``scripts/`` (issue 14). Not met yet: the inference runtime alone (networks,
+#: cube transform, scan reader, bundle runtime) is about 3,400 lines, and fine-tuning (``train.json``) adds about 1,450
+#: (losses, training transforms, naslung.pipeline's metric handlers, handlers, inferer and lr schedule).
 TARGET_SCRIPTS_LINES = 2000
-#: What the bundle ships today, as a bound that catches growth (5,736 lines before the declared list). 5,400 grew to
-#: 5,800 when training.py began to take its fold names and config loader from naslung.pipeline.run (layout, config):
-#: the bundle ships training.py whole for one function its train.json names (build_lr_scheduler).
-MAX_SCRIPTS_LINES = 5800
+#: What the bundle ships today, as a bound that catches growth (5,736 lines before the declared list; 5,800 when the
+#: bundle shipped training.py whole for its build_lr_scheduler; 4,851 since the schedule has a module of its own,
+#: naslung.pipeline.lr_schedule, and the training step, run layout and config loader stay out).
+MAX_SCRIPTS_LINES = 4900
 #: The part that inference imports (networks, cube transform, scan reader, bundle runtime, generated packages).
 MAX_INFERENCE_LINES = 3500
 
@@ -74,7 +71,7 @@ def test_scripts_hold_the_declared_modules_only(scripts_dir):
     assert sum(map(_lines, inference)) <= MAX_INFERENCE_LINES
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: fine-tuning code still comes from naslung.pipeline")
+@pytest.mark.xfail(strict=True, reason="issue 14: the inference runtime alone is about 3,400 lines")
 def test_scripts_within_the_issue_target(scripts_dir):
     assert sum(_lines(p) for p in scripts_dir.rglob("*.py")) <= TARGET_SCRIPTS_LINES
 

@@ -16,14 +16,11 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
 from monai.transforms import LoadImage
 
-from naslung.pipeline.bundle_export import (
-    check_bundle_layout,
-    export_bundle,
-    hide_naslung_code,
-    local_schema_path,
-    run_bundle_inference,
-)
 from naslung.pipeline.cli import main
+from naslung.pipeline.export.checks import check_bundle_layout, hide_naslung_code
+from naslung.pipeline.export.smoke import run_bundle_inference
+from naslung.pipeline.export.sources import local_schema_path
+from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.training import load_train_config, predict
 from naslung.transforms import ExtractNoduleCube, SimpleITKReader, eval_transforms
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from naslung.pipeline.bundle_export import bundle_sources_dir, run_bundle_inference
+from naslung.pipeline.export.smoke import run_bundle_inference
+from naslung.pipeline.export.sources import bundle_sources_dir
 
 VENV_VARIABLE = "NASLUNG_MONAILABEL_VENV"
 #: File make_env.sh writes last; a venv without it is half-built.

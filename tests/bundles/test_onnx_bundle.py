@@ -18,7 +18,8 @@ from naslung.bundles.runtime.onnx_predictor import ONNXRUNTIME_INSTALL, OnnxPred
 from naslung.networks import build_network
 from naslung.networks.errors import ConfigError
 from naslung.networks.export import to_onnx
-from naslung.pipeline.bundle_export import check_bundle_layout, hide_naslung_code, smoke_test_bundle
+from naslung.pipeline.export.checks import check_bundle_layout, hide_naslung_code
+from naslung.pipeline.export.smoke import smoke_test_bundle
 
 #: The issue's bound on ONNX Runtime's probabilities against PyTorch's.
 TOLERANCE = 1e-4

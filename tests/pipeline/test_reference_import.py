@@ -125,7 +125,7 @@ def test_unreadable_or_foreign_files_are_data_errors(tmp_path):
 def test_imported_fold_ships_as_a_bundle_with_the_authors_logits(tmp_path):
     from monai.bundle import ConfigParser
 
-    from naslung.pipeline.bundle_export import export_bundle
+    from naslung.pipeline.export.step import export_bundle
 
     authors, weights = _authors(MODEL_1, seed=6)
     torch.save(weights, tmp_path / "weights.pt")

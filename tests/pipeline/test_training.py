@@ -12,7 +12,8 @@ from ignite.engine import Events
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.training import build_lr_scheduler, load_train_config, train_fold
+from naslung.pipeline.lr_schedule import build_lr_scheduler
+from naslung.pipeline.training import load_train_config, train_fold
 
 TINY = {"arch": "[4,4,[4],[4],[4]]", "batch_size": 8, "val_fraction": 0.3, "seed": 3}
 
