@@ -15,8 +15,9 @@ crop and flips themselves) and with a ``ThreadDataLoader`` (the next batch made 
 training samples per second (over the epochs' wall time) and the data-wait share of step time (goal: under 5%).
 
 First, the training-path table (``--path-specs``, default Model-1; ``--rounds`` alternated runs of each): the path
-before this table existed (one job with all torch threads, float32), the same with bfloat16 autocast, and two
-single-thread jobs at once (float32 and bf16), as ``naslung run``'s ``train.parallel`` trains (network, fold) jobs;
+before this table existed (one job with all torch threads, float32, PyTorch's kernels), the same with bfloat16
+autocast, and with the narrow-channel kernels (:mod:`naslung.networks.blocks.narrow_channels`), and two single-thread
+jobs at once without and with those kernels, as ``naslung run``'s ``train.parallel`` trains (network, fold) jobs;
 each path's median samples/s and its ratio to the first (goal for Model-1: >= 2x) are printed and written to
 ``benchmarks/results/train_step.json``.
 
@@ -46,7 +47,9 @@ from monai.inferers import SimpleInferer
 from monai.utils import set_determinism
 
 from naslung.networks import build_loss, build_network, count_parameters
+from naslung.networks.blocks.narrow_channels import narrow_channel_kernels, use_narrow_channel_kernels
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.inferers import AutocastInferer, cpu_bf16_supported
 from naslung.transforms import train_transforms
 
@@ -102,16 +105,40 @@ def bench_loader(
     thread: bool = False,
     track_meta: bool = False,
     bf16: bool = False,
+    narrow: bool = True,
 ) -> dict[str, float]:
     """Train ``spec`` for ``epochs`` epochs; return samples/s and the data-wait share of the epochs after the first.
 
     ``thread``: load with MONAI's ``ThreadDataLoader`` (one batch prefetched in a background thread);
     ``track_meta``: run the transforms on MetaTensors (``train_transforms(track_meta=True)``);
-    ``bf16``: the forward pass under bfloat16 autocast (:class:`~naslung.pipeline.inferers.AutocastInferer`).
+    ``bf16``: the forward pass under bfloat16 autocast (:class:`~naslung.pipeline.inferers.AutocastInferer`);
+    ``narrow``: with :mod:`naslung.networks.blocks.narrow_channels`' kernels (batch norm and CBAM on 2-4-channel
+    channels-last maps), as the packaged training config trains; ``False``: PyTorch's kernels throughout.
     Weights are channels-last (``channels_last_3d``) as in the packaged training config.
     """
+    with narrow_channel_kernels(narrow):
+        return _bench_loader(spec, items, cache, workers, batch_size, epochs, thread, track_meta, bf16, narrow)
+
+
+def _bench_loader(
+    spec: str,
+    items: list[dict],
+    cache: bool,
+    workers: int,
+    batch_size: int,
+    epochs: int,
+    thread: bool,
+    track_meta: bool,
+    bf16: bool,
+    narrow: bool,
+) -> dict[str, float]:
+    """Body of :func:`bench_loader`, run with the narrow-channel kernels switched as asked."""
+    if narrow:  # as naslung's CLI and Ray trials do; the process keeps it (paths run in fresh processes or after)
+        retain_freed_memory()
     set_determinism(seed=0)
     network = build_network(spec, head="angular").to(memory_format=torch.channels_last_3d)
+    if narrow:
+        use_narrow_channel_kernels(network)
     transform = train_transforms(track_meta=track_meta)
     start = time.perf_counter()
     dataset = (
@@ -159,19 +186,22 @@ def bench_loader(
     }
 
 
-def _single_thread_run(args: tuple) -> dict[str, float]:
-    """Body of one parallel training job: one torch thread, then :func:`bench_loader` (a picklable top-level)."""
-    spec, items, batch_size, epochs, bf16 = args
-    torch.set_num_threads(1)
-    return bench_loader(spec, items, True, 0, batch_size, epochs, bf16=bf16)
+def _path_run(args: tuple) -> dict[str, float]:
+    """Body of one training job of a path: set torch's threads, then :func:`bench_loader` (a picklable top-level)."""
+    spec, items, batch_size, epochs, bf16, narrow, threads = args
+    torch.set_num_threads(threads)
+    return bench_loader(spec, items, True, 0, batch_size, epochs, bf16=bf16, narrow=narrow)
 
 
-#: The training paths compared side by side: (name, parallel single-thread jobs or 0 for one job, bf16 autocast).
+#: The training paths compared side by side: (name, parallel single-thread jobs or 0 for one job, bf16 autocast,
+#: narrow-channel kernels). The first is the path before this table existed; the last is what ``naslung run``'s
+#: quick and standard profiles train with (float32: bf16 cost validation AUC, see ``pipeline/configs/train.json``).
 TRAINING_PATHS = (
-    ("1 job, all threads, float32 (before)", 0, False),
-    ("1 job, all threads, bf16 autocast", 0, True),
-    ("2 jobs x 1 thread, float32", 2, False),
-    ("2 jobs x 1 thread, bf16 autocast", 2, True),
+    ("1 job, all threads, float32 (before)", 0, False, False),
+    ("1 job, all threads, bf16 autocast", 0, True, False),
+    ("1 job, all threads, float32, narrow kernels", 0, False, True),
+    ("2 jobs x 1 thread, float32", 2, False, False),
+    ("2 jobs x 1 thread, float32, narrow kernels", 2, False, True),
 )
 
 
@@ -187,16 +217,15 @@ def bench_paths(spec: str, items: list[dict], batch_size: int, epochs: int, roun
     """
     import multiprocessing
 
-    runs: dict[str, list[float]] = {name: [] for name, _, _ in TRAINING_PATHS}
+    runs: dict[str, list[float]] = {name: [] for name, *_ in TRAINING_PATHS}
     context = multiprocessing.get_context("spawn")
     for _ in range(rounds):
-        for name, jobs, bf16 in TRAINING_PATHS:
-            if jobs:
-                with context.Pool(jobs) as pool:
-                    rows = pool.map(_single_thread_run, [(spec, items, batch_size, epochs, bf16)] * jobs)
-                runs[name].append(sum(row["samples_per_s"] for row in rows))
-            else:
-                runs[name].append(bench_loader(spec, items, True, 0, batch_size, epochs, bf16=bf16)["samples_per_s"])
+        for name, jobs, bf16, narrow in TRAINING_PATHS:
+            # every path in fresh processes, so no path inherits another's allocator settings or warm caches
+            threads = 1 if jobs else torch.get_num_threads()
+            with context.Pool(max(jobs, 1)) as pool:
+                rows = pool.map(_path_run, [(spec, items, batch_size, epochs, bf16, narrow, threads)] * max(jobs, 1))
+            runs[name].append(sum(row["samples_per_s"] for row in rows))
     medians = {name: float(np.median(values)) for name, values in runs.items()}
     before = medians[TRAINING_PATHS[0][0]]
     return {

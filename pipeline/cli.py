@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.errors import NaslungError
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "KNOWN_NOISE", "ThirdPartyNoiseFilter", "quiet_console"]
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     quiet_console(level)
+    retain_freed_memory()  # training steps reuse freed pages instead of faulting in fresh ones
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -181,6 +181,10 @@ class CBAMBlock(SpatialMapRecorder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Refine ``x`` (B, C, *spatial) by channel and spatial attention; same shape out."""
+        return self._refine(x)
+
+    def _refine(self, x: torch.Tensor) -> torch.Tensor:
+        """Both attention steps in the block's order; records the spatial map (subclasses change only the layout)."""
         if self.channel_first:
             x = x * self.channel_attention(x)
             spatial_map = self.spatial_attention(x)

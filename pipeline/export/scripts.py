@@ -67,6 +67,7 @@ INFERENCE_MODULES: tuple[str, ...] = (
 #: (:mod:`naslung.pipeline.lr_schedule`) so that the training step, the run layout and the config loader stay out.
 FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.networks.losses",
+    "naslung.networks.blocks.narrow_channels",
     "naslung.transforms.pipelines",
     "naslung.pipeline",
     "naslung.pipeline.errors",

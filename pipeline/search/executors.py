@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.errors import ConfigError, SearchError
 
 __all__ = [
@@ -93,7 +94,8 @@ class SequentialExecutor:
 
 
 def _run_trial(function: Callable[[Any], Any], item: Any, num_threads: int) -> Any:
-    """Body of a Ray task: fix torch's threads, then run the trial."""
+    """Body of a Ray task: fix torch's threads and keep freed memory in the worker, then run the trial."""
+    retain_freed_memory()
     torch.set_num_threads(int(num_threads))
     return function(item)
 
