@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
-from naslung.pipeline.reference_models import CEILING_RATINGS
+from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS
 
 __all__ = [
     "RATINGS",

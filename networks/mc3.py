@@ -94,7 +94,7 @@ class MC3(nn.Module):
     ==============  ==========================================================  ===================
 
     As in the video network, the slice axis is never downsampled (the 2D layers stride in-plane only). Grad-CAM
-    (:func:`naslung.pipeline.analysis.default_gradcam_layer`) looks at ``stages``, the output of the last layer.
+    (:func:`naslung.pipeline.analysis.features.default_gradcam_layer`) looks at ``stages``, the last layer's output.
 
     Parameter count: torchvision's ``mc3_18`` (3-channel clips, 400 Kinetics classes) has 11,695,440 parameters
     (11,490,240 without its 400-way fc: the "11.49 M" often quoted). With ``in_channels=1`` the stem loses

@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 CUBE_SIZE = 32
 MANIFEST_FIELDS = list(MANIFEST_FIELD_ORDER)
 #: The cohort rows a data set was rendered from, beside its manifest (where
-#: :func:`naslung.pipeline.reference_models.load_reference_data` looks for the readers' ratings).
+#: :func:`naslung.pipeline.ensemble.reference_models.load_reference_data` looks for the readers' ratings).
 COHORT_FILE = "cohort.csv"
 LUNA16_ANNOTATION_FIELDS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 TRUTH_FIELDS = [

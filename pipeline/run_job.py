@@ -20,20 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from naslung.pipeline.analysis import run_evaluate_step
+from naslung.pipeline.analysis.report import build_report
+from naslung.pipeline.analysis.step import run_evaluate_step
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.baselines import train_baselines
 from naslung.pipeline.cohort import load_default_cohort
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
-from naslung.pipeline.ensemble_step import ensemble_headline, run_ensemble_step
+from naslung.pipeline.ensemble.baselines import train_baselines
+from naslung.pipeline.ensemble.step import ensemble_headline, run_ensemble_step
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.export.run_content import trained_members
 from naslung.pipeline.export.smoke import smoke_test_bundle
 from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.prepare_raw import prepare_scans
 from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.report import build_report
 from naslung.pipeline.run.config import PROFILES, TRAIN_STEP_KEYS, check_profile, load_profile
 from naslung.pipeline.run.layout import CLASSIFIER_BUNDLE, ENSEMBLE_BUNDLE, RunLayout
 from naslung.pipeline.search.executors import make_executor, ray_available

@@ -1,6 +1,6 @@
 """Decisions on probabilities of malignancy: the threshold, the confusion counts and the ensemble's majority vote.
 
-The floor under :mod:`naslung.pipeline.metrics` and :mod:`naslung.pipeline.ensemble`, which import these, so a
+The floor under :mod:`naslung.pipeline.metrics` and :mod:`naslung.pipeline.ensemble.voting`, which import these, so a
 bundle and naslung decide a nodule the same way.
 """
 

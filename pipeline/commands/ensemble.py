@@ -44,7 +44,7 @@ def _pct(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.ensemble_step import ENSEMBLE_OUTPUTS, run_ensemble_step
+    from naslung.pipeline.ensemble.step import ENSEMBLE_OUTPUTS, run_ensemble_step
     from naslung.pipeline.metrics import BINARY_METRICS
     from naslung.pipeline.progress import no_progress, tqdm_progress
 

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.analysis import run_evaluate_step
+    from naslung.pipeline.analysis.step import run_evaluate_step
     from naslung.pipeline.progress import no_progress, tqdm_progress
 
     summary = run_evaluate_step(

@@ -41,10 +41,10 @@ from naslung.networks.supernet import KEEP, SKIP, CBAMSupernet3D, measure_latenc
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.datalists import split_for_fold
 from naslung.pipeline.errors import ConfigError, SearchError
-from naslung.pipeline.figures import plot_architecture_probabilities
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device
 from naslung.pipeline.search.candidate_latency import candidate_profiler
+from naslung.pipeline.search.figures import plot_architecture_probabilities
 from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
 from naslung.pipeline.search.pareto import pareto_front
 from naslung.pipeline.search.search_folder import check_search_settings, selected_payload, table_row

@@ -47,13 +47,13 @@ from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.config_files import packaged_config, read_config_file
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, SearchError
-from naslung.pipeline.figures import plot_pareto
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import CONFIG_FILES, merge_config
 from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, search_datalist
 from naslung.pipeline.search.candidate_latency import candidate_profiler
 from naslung.pipeline.search.dnas import run_dnas_search
 from naslung.pipeline.search.executors import make_executor
+from naslung.pipeline.search.figures import plot_pareto
 from naslung.pipeline.search.journal import SearchJournal, write_pareto_csv
 from naslung.pipeline.search.pareto import pareto_front
 from naslung.pipeline.search.pop import run_search

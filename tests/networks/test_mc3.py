@@ -87,7 +87,7 @@ def test_factory_builds_it_and_torchscript_matches_eager():
 
 
 def test_gradcam_looks_at_the_last_layer():
-    from naslung.pipeline.analysis import default_gradcam_layer, gradcam_maps
+    from naslung.pipeline.analysis.features import default_gradcam_layer, gradcam_maps
 
     torch.manual_seed(0)
     net = mc3_18(**SMALL).eval()

@@ -8,7 +8,7 @@ import pytest
 
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
-from naslung.pipeline.ensemble_step import ENSEMBLE_OUTPUTS
+from naslung.pipeline.ensemble.step import ENSEMBLE_OUTPUTS
 
 LABELS = [1, 1, 0, 0, 1, 0]
 PROBS = {"a": [0.9, 0.6, 0.2, 0.7, 0.4, 0.1], "b": [0.8, 0.4, 0.1, 0.6, 0.6, 0.3], "c": [0.7, 0.7, 0.6, 0.2, 0.3, 0.2]}

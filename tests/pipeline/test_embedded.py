@@ -20,8 +20,8 @@ from naslung.pipeline.embedded import (
     render_embedded,
     select_scans,
 )
+from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, load_reference_data
 from naslung.pipeline.errors import DataError
-from naslung.pipeline.reference_models import CEILING_RATINGS, load_reference_data
 from naslung.pipeline.run_job import RunContext, _step_prepare, subsample_cohort
 
 

@@ -12,6 +12,16 @@ import torch
 from ignite.engine import Engine
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
+from naslung.pipeline.ensemble.published import (
+    RESULTS_FIELDS,
+    TABLE1,
+    TABLE2_AVG,
+    TABLE4,
+    TABLE5,
+    published_rows,
+    results_table,
+    write_results_table,
+)
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import (
     BinaryConfusionMetric,
@@ -21,16 +31,6 @@ from naslung.pipeline.metrics import (
     binary_metrics,
     malignancy_probability,
     summarise_folds,
-)
-from naslung.pipeline.published import (
-    RESULTS_FIELDS,
-    TABLE1,
-    TABLE2_AVG,
-    TABLE4,
-    TABLE5,
-    published_rows,
-    results_table,
-    write_results_table,
 )
 
 

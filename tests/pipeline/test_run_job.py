@@ -162,7 +162,7 @@ def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_p
 
 @pytest.mark.parametrize("statuses, expected", [[("ok", "ok"), "ok"], [("ok", "failed"), "failed"]])
 def test_smoke_step_checks_every_bundle(tmp_path, monkeypatch, statuses, expected):
-    from naslung.pipeline.report import build_report
+    from naslung.pipeline.analysis.report import build_report
 
     names = ("naslung_classifier", "naslung_ensemble")
     for name in names:

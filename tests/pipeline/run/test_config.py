@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from naslung.pipeline.ensemble_step import run_ensemble_step
+from naslung.pipeline.ensemble.step import run_ensemble_step
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.run.config import (
     CONFIG_FILES,

@@ -238,7 +238,7 @@ def test_ray_search_writes_the_same_journal_and_keeps_finished_trials(tmp_path):
 
 
 def test_pareto_figure_plots_the_search_score(tmp_path):
-    from naslung.pipeline.figures import plot_pareto
+    from naslung.pipeline.search.figures import plot_pareto
 
     records = [{"spec": f"n{i}", "latency_ms": 1.0 + i, "auc": 0.6 + i / 10, "accuracy": 0.5} for i in range(3)]
     assert plot_pareto(records, records, tmp_path / "auc.png", score_key="auc").stat().st_size > 1000  # no f1 needed

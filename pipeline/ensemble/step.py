@@ -37,14 +37,10 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import write_csv, write_json
-from naslung.pipeline.baselines import baseline_prediction_files, baseline_records
-from naslung.pipeline.ensemble import ensemble_size_study, majority_vote, write_ensemble_table
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.figures import plot_ensemble_size, plot_per_fold_comparison
-from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
-from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.published import write_results_table
-from naslung.pipeline.reference_models import (
+from naslung.pipeline.ensemble.baselines import baseline_prediction_files, baseline_records
+from naslung.pipeline.ensemble.figures import plot_ensemble_size, plot_per_fold_comparison
+from naslung.pipeline.ensemble.published import write_results_table
+from naslung.pipeline.ensemble.reference_models import (
     DIAMETER_RULE,
     RATINGS_CEILING,
     REFERENCE_LABELS,
@@ -55,6 +51,10 @@ from naslung.pipeline.reference_models import (
     load_reference_data,
     reference_input_files,
 )
+from naslung.pipeline.ensemble.voting import ensemble_size_study, majority_vote, write_ensemble_table
+from naslung.pipeline.errors import DataError
+from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
+from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.layout import ENSEMBLE_DIR, RunLayout, TrainedNetwork, spec_slug
 from naslung.pipeline.run.members import network_cost, read_test_predictions
 from naslung.pipeline.search.journal import read_selected_specs
@@ -233,14 +233,14 @@ def reference_results(
 
     Args:
         run_dir: the run directory (reads ``RUN/data``: see
-            :func:`naslung.pipeline.reference_models.load_reference_data`).
+            :func:`naslung.pipeline.ensemble.reference_models.load_reference_data`).
         per_fold: the ensemble's rows of ``per_fold.csv`` (``fold``, ``accuracy``, ``auc``...).
         fold_nodules: ``{fold: nodule ids}`` the ensemble was tested on.
         fold_labels: ``{fold: labels}`` in the same order.
 
     Returns:
         ``{"diameter_rule": record, "ratings_ceiling": record, "ensemble_minus_diameter_rule": {"per_fold",
-        "summary"}}`` (records of :func:`naslung.pipeline.reference_models.evaluate_reference_models`); a model
+        "summary"}}`` (records of :func:`naslung.pipeline.ensemble.reference_models.evaluate_reference_models`); a model
         that cannot be scored (no manifest, another manifest than the networks', no ratings) has ``omitted`` with
         the reason instead, which is logged.
     """

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from naslung.pipeline.analysis.report import REPORT_SECTIONS, build_report
 from naslung.pipeline.atomic_io import write_csv, write_json
-from naslung.pipeline.report import REPORT_SECTIONS, build_report
 
 
 def test_report_on_empty_run_names_missing_steps(tmp_path):

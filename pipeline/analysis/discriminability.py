@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from naslung.pipeline.atomic_io import atomic_open, write_csv
+from naslung.pipeline.ensemble.published import TABLE4
 from naslung.pipeline.errors import DataError
+from naslung.pipeline.metrics import summarise_folds
 
-__all__ = ["l2_normalise", "class_separation", "tsne_embedding"]
+__all__ = [
+    "l2_normalise",
+    "class_separation",
+    "tsne_embedding",
+    "DISCRIMINABILITY_FIELDS",
+    "discriminability_rows",
+    "write_discriminability",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +138,81 @@ def tsne_embedding(
         max_iter=max(250, int(max_iter)),
     )
     return tsne.fit_transform(matrix)
+
+
+def _sig(mean: Any, std: Any) -> str:
+    """``mean ± std`` with 4 significant digits (feature distances span orders of magnitude)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{float(mean):.4g}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {float(std):.2g}"
+    return text
+
+
+# ----------------------------------------------------------------------------------------- discriminability
+DISCRIMINABILITY_FIELDS: tuple[str, ...] = (
+    "source",
+    "loss",
+    "variant",
+    "features",
+    "n",
+    *(f"{k}_{s}" for k in ("S0", "S1", "M01", "DBI") for s in ("mean", "std")),
+)
+
+
+def discriminability_rows(
+    features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    variants: Mapping[str, str],
+    normalisations: Sequence[str] = ("raw", "l2"),
+) -> list[dict[str, Any]]:
+    """Table 4 rows: S0, S1, M01 and DBI (eq. 12-14) per loss and feature normalisation, mean ± std over networks.
+
+    Args:
+        features: loss name -> one ``(features (N, C), labels (N,))`` pair per network (spec and held-out fold),
+            the features of that fold's test cubes.
+        variants: loss name -> variant key (for the ``variant`` column).
+        normalisations: ``"raw"`` features and/or ``"l2"`` (each vector scaled to unit length first).
+    """
+    rows = []
+    for loss, pairs in features.items():
+        for norm in normalisations:
+            values = [class_separation(f, y, l2_normalize=norm == "l2") for f, y in pairs]
+            summary = summarise_folds(values, keys=("S0", "S1", "M01", "DBI"))
+            row = {"source": "ours", "loss": loss, "variant": variants.get(loss, ""), "features": norm}
+            row.update({k: v for k, v in summary.items() if k != "n_folds"}, n=len(values))
+            rows.append(row)
+    return rows
+
+
+def write_discriminability(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``discriminability.csv`` and ``.md``: our rows, then the paper's Table 4 (marked published)."""
+    out = Path(out_dir)
+    keys = ("S0", "S1", "M01", "DBI")
+    published = [
+        {"source": "published", "loss": r["loss"], "features": "unknown", "n": "", **{f"{k}_mean": r[k] for k in keys}}
+        for r in TABLE4
+    ]
+    write_csv(out / "discriminability.csv", [*rows, *published], DISCRIMINABILITY_FIELDS)
+    n_networks = rows[0]["n"] if rows else 0
+    lines = [
+        "Penultimate-layer features of the held-out test cubes (each fold's own network): mean intra-class "
+        "distance S0 (benign) and S1 (malignant), distance of the class centres M01, and Davies-Bouldin index "
+        f"DBI = (S0 + S1) / M01 (lower = more separable); mean ± std over {n_networks} network(s) "
+        "(specs × held-out folds). `l2`: each feature vector scaled to unit length first (the paper does not say "
+        "which it used; DBI is unchanged by one global scale, S and M are not).",
+        "",
+        "| Loss | Features | Source | S0 | S1 | M01 | DBI |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [_sig(row[f"{k}_mean"], row[f"{k}_std"]) for k in ("S0", "S1", "M01", "DBI")]
+        lines.append(f"| {row['loss']} | {row['features']} | ours | " + " | ".join(cells) + " |")
+    for row in published:
+        cells = [f"{row[f'{k}_mean']:.3f}" for k in ("S0", "S1", "M01", "DBI")]
+        lines.append(f"| {row['loss']} | – | published (Table 4) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("The paper's A-Softmax row prints DBI 1.453 where (S0 + S1) / M01 of its own numbers is 1.379.")
+    with atomic_open(out / "discriminability.md", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return out / "discriminability.md", out / "discriminability.csv"

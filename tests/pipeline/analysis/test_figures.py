@@ -1,4 +1,4 @@
-"""Tests of naslung.pipeline.figures: every figure is written as a non-empty PNG, and bad input is refused."""
+"""Tests of naslung.pipeline.analysis.figures: every figure is written as a non-empty PNG, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.figures import (
+from naslung.pipeline.analysis.figures import (
     plot_attention_panels,
-    plot_ensemble_size,
     plot_gradcam_panels,
-    plot_pareto,
     plot_training_curves,
     plot_tsne,
 )
+from naslung.pipeline.errors import DataError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,19 +28,6 @@ def _cubes(n=4, size=16):
     radius = np.sqrt((grid**2).sum(0))
     cubes = np.stack([np.where(radius < 3 + k, 100.0, -800.0) for k in range(n)]).astype(np.float32)
     return cubes, radius
-
-
-def test_plot_ensemble_size(tmp_path):
-    rows = [
-        {"size": n, "draws": 10, **{f"{m}_mean": 0.8 + 0.01 * n for m in ("accuracy", "sensitivity", "specificity")}}
-        | {"f1_mean": 0.85, "f1_std": 0.01, "accuracy_std": 0.02}
-        for n in (1, 3, 5)
-    ]
-    _assert_png(plot_ensemble_size(rows, tmp_path / "fig7.png"))
-    with pytest.raises(DataError):
-        plot_ensemble_size([], tmp_path / "empty.png")
-    with pytest.raises(DataError):
-        plot_ensemble_size(rows, tmp_path / "auc.png", metrics=("auc",))
 
 
 @pytest.mark.parametrize("n_panels", [1, 2, 3])
@@ -89,22 +74,6 @@ def test_overlay_panels_reject_bad_input(tmp_path):
         plot_attention_panels(cubes, cubes[:1], [0, 1], tmp_path / "bad.png")
     with pytest.raises(DataError):
         plot_attention_panels(cubes[:, :4, :4, 0], cubes[:, :4, :4, 0], [0, 1], tmp_path / "bad.png")
-
-
-def test_plot_pareto(tmp_path):
-    rng = np.random.default_rng(0)
-    records = [
-        {"latency_ms": float(10 ** rng.uniform(-1, 1)), "f1": float(rng.uniform(0.8, 0.88)), "accuracy": 0.85}
-        | {"spec": f"[4,4,[{i}],[8],[16]]"}
-        for i in range(25)
-    ]
-    front_specs = [records[0]["spec"], records[3]["spec"]]
-    _assert_png(plot_pareto(records, front_specs, tmp_path / "fig4.png", pruned_count=7))
-    _assert_png(plot_pareto(records, records[:2], tmp_path / "fig4b.png"))
-    with pytest.raises(DataError):
-        plot_pareto([], [], tmp_path / "bad.png")
-    with pytest.raises(DataError):
-        plot_pareto([{"latency_ms": 1.0}], [], tmp_path / "bad.png")
 
 
 HISTORY_CASES = [

@@ -296,7 +296,7 @@ def reference_input_files(data_dir: str | os.PathLike) -> list[Path]:
     folder = Path(data_dir)
     cohort = folder / "cohort.csv"
     if not cohort.is_file():
-        cohort = Path(__file__).resolve().parent / DEFAULT_COHORT_FILE
+        cohort = Path(__file__).resolve().parents[1] / DEFAULT_COHORT_FILE  # naslung.pipeline's package data
     return [path for path in (folder / "manifest.csv", cohort) if path.is_file()]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from naslung.pipeline.atomic_io import write_csv, write_json
-from naslung.pipeline.ensemble_step import find_members, run_ensemble_step
+from naslung.pipeline.ensemble.step import find_members, run_ensemble_step
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import binary_metrics
 
@@ -163,7 +163,7 @@ def test_parameters_and_latency_from_the_checkpoint(tmp_path):
 def write_run_data(run, template, ratings=True):
     """RUN/data/manifest.csv for the nodules of LABELS (folds 1-2) plus a training-only fold 0, and cohort.csv."""
     from naslung.pipeline.cohort import write_cohort_csv
-    from naslung.pipeline.reference_models import CEILING_RATINGS
+    from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS
 
     rng = np.random.default_rng(0)
     nodules = [(f"f{f}n{i}", f, y) for f, labels in LABELS.items() for i, y in enumerate(labels)]
@@ -188,7 +188,7 @@ def write_run_data(run, template, ratings=True):
 
 
 def test_reference_models_beside_the_ensemble(tmp_path, synthetic_scan):
-    from naslung.pipeline.reference_models import evaluate_reference_models, load_reference_data
+    from naslung.pipeline.ensemble.reference_models import evaluate_reference_models, load_reference_data
 
     run = make_run(tmp_path)
     write_run_data(run, synthetic_scan().cohort_row)

@@ -12,15 +12,10 @@ import pytest
 import torch
 
 from naslung.networks import build_network
-from naslung.pipeline.analysis import (
-    VariantRun,
-    ablation_rows,
-    default_gradcam_layer,
-    discriminability_rows,
-    gradcam_maps,
-    load_evaluate_config,
-    run_evaluate_step,
-)
+from naslung.pipeline.analysis.ablation import VariantRun, ablation_rows
+from naslung.pipeline.analysis.discriminability import discriminability_rows
+from naslung.pipeline.analysis.features import default_gradcam_layer, gradcam_maps
+from naslung.pipeline.analysis.step import load_evaluate_config, run_evaluate_step
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from naslung.networks import AngularLinear
-from naslung.pipeline.analysis import default_gradcam_layer, gradcam_maps
+from naslung.pipeline.analysis.features import default_gradcam_layer, gradcam_maps
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
 from naslung.pipeline.datalists import read_manifest
@@ -105,8 +105,8 @@ def test_cli_train_network(cube_dir, tmp_path, capsys):
 def test_run_baselines_step_feeds_the_results_table_and_report(cube_dir, tmp_path):
     import shutil
 
-    from naslung.pipeline.ensemble_step import run_ensemble_step
-    from naslung.pipeline.report import build_report
+    from naslung.pipeline.analysis.report import build_report
+    from naslung.pipeline.ensemble.step import run_ensemble_step
     from naslung.pipeline.run_job import RunContext, load_profile, run_job
 
     run = tmp_path / "run"
@@ -142,7 +142,7 @@ def test_run_baselines_step_feeds_the_results_table_and_report(cube_dir, tmp_pat
 
 
 def test_unknown_or_searched_baseline_is_refused(tmp_path):
-    from naslung.pipeline.baselines import baseline_names
+    from naslung.pipeline.ensemble.baselines import baseline_names
 
     assert baseline_names(["MC3-18", "mc3_18", "resnet18"]) == ["mc3_18", "resnet18"]
     with pytest.raises(ConfigError, match="not a baseline"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import davies_bouldin_score
 
-from naslung.pipeline.discriminability import class_separation, l2_normalise, tsne_embedding
+from naslung.pipeline.analysis.discriminability import class_separation, l2_normalise, tsne_embedding
 from naslung.pipeline.errors import DataError
 
 

@@ -7,12 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from naslung.pipeline.ensemble import (
-    ensemble_metrics,
-    ensemble_size_study,
-    majority_vote,
-    write_ensemble_table,
-)
+from naslung.pipeline.ensemble.voting import ensemble_metrics, ensemble_size_study, majority_vote, write_ensemble_table
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import binary_metrics
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_open
-from naslung.pipeline.reference_models import REFERENCE_METHODS
+from naslung.pipeline.ensemble.reference_models import REFERENCE_METHODS
 from naslung.pipeline.run.layout import RunLayout
 from naslung.pipeline.search.rank_correlation import RANK_CORRELATION_FILE
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from naslung.pipeline.cohort import load_default_cohort, write_cohort_csv
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.metrics import binary_metrics
-from naslung.pipeline.reference_models import (
+from naslung.pipeline.ensemble.reference_models import (
     CEILING_FEATURES,
     CEILING_RATINGS,
     DIAMETER_RULE,
@@ -22,6 +20,8 @@ from naslung.pipeline.reference_models import (
     mean_ratings,
     reference_data_from_rows,
 )
+from naslung.pipeline.errors import DataError
+from naslung.pipeline.metrics import binary_metrics
 
 MANIFEST_FIELDS = ["nodule_id", "patient_id", "series_uid", "image", "label", "fold", "diameter_mm", "malignancy_mean"]
 
