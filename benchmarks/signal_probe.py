@@ -50,8 +50,9 @@ __all__ = [
 
 #: The eight LIDC characteristics other than malignancy, in pylidc's order: the ratings ceiling's inputs.
 RATINGS = CEILING_RATINGS
-#: The ratings that drive each version of the synthetic renderer (``naslung.pipeline.synthetic_ct.RENDER_VERSION``);
-#: sphericity is drawn by the readers' contours in every version.
+#: The ratings that drive each version of the synthetic renderer
+#: (``naslung.pipeline.data.synthetic_ct.RENDER_VERSION``; sphericity is drawn by the readers' contours in every
+#: version).
 RENDERED_RATINGS: dict[int, tuple[str, ...]] = {
     1: ("calcification", "margin", "lobulation", "spiculation", "texture"),
     2: ("calcification", "margin", "lobulation", "spiculation", "texture", "subtlety", "internalStructure"),
@@ -229,7 +230,7 @@ def ensure_cubes(data_dir: Path, workers: int) -> dict[str, Any]:
     summary = data_dir / "embedded.json"
     record = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
     if not (record.get("complete") and (data_dir / "manifest.csv").exists()):
-        from naslung.pipeline.embedded import render_embedded
+        from naslung.pipeline.data.embedded import render_embedded
 
         start = time.perf_counter()
         render_embedded(data_dir, n_scans=0, workers=workers)
@@ -416,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from naslung.pipeline.atomic_io import write_json
-    from naslung.pipeline.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort import load_default_cohort
 
     rows = load_default_cohort()
     with tempfile.TemporaryDirectory() as tmp:

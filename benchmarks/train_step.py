@@ -252,7 +252,7 @@ def learning_check(args: argparse.Namespace, scratch: Path) -> None:
     from naslung.pipeline.training import train_fold
 
     if args.data:
-        from naslung.pipeline.datalists import read_manifest
+        from naslung.pipeline.data.datalists import read_manifest
 
         datalist = read_manifest(Path(args.data) / "manifest.csv")
         source = f"{args.data}/manifest.csv"

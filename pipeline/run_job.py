@@ -23,16 +23,17 @@ import numpy as np
 from naslung.pipeline.analysis.report import build_report
 from naslung.pipeline.analysis.step import run_evaluate_step
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.cohort import load_default_cohort
-from naslung.pipeline.datalists import read_manifest
-from naslung.pipeline.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
+from naslung.pipeline.data.cohort import load_default_cohort
+from naslung.pipeline.data.datalists import read_manifest
+from naslung.pipeline.data.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
+from naslung.pipeline.data.prepare_raw import prepare_scans
+from naslung.pipeline.data.synthetic_ct import RENDER_VERSION
 from naslung.pipeline.ensemble.baselines import train_baselines
 from naslung.pipeline.ensemble.step import ensemble_headline, run_ensemble_step
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.export.run_content import trained_members
 from naslung.pipeline.export.smoke import smoke_test_bundle
 from naslung.pipeline.export.step import export_bundle
-from naslung.pipeline.prepare_raw import prepare_scans
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import PROFILES, TRAIN_STEP_KEYS, check_profile, load_profile
 from naslung.pipeline.run.layout import CLASSIFIER_BUNDLE, ENSEMBLE_BUNDLE, RunLayout
@@ -41,7 +42,6 @@ from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.search.rank_correlation import write_rank_correlation
 from naslung.pipeline.search.runner import run_search_step
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
-from naslung.pipeline.synthetic_ct import RENDER_VERSION
 from naslung.pipeline.training import train_fold_job, train_folds
 
 # PROFILES and load_profile live in naslung.pipeline.run.config; re-exported for the benchmarks that import them here

@@ -19,7 +19,7 @@ from monai.utils import set_determinism
 
 from naslung.networks import BASELINES, registered_name
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
-from naslung.pipeline.datalists import FoldSplit, split_for_fold
+from naslung.pipeline.data.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError, NaslungError
 from naslung.pipeline.handlers import PredictionCollector
 from naslung.pipeline.metrics import BINARY_METRICS, binary_metrics, summarise_folds

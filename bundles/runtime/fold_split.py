@@ -1,7 +1,7 @@
 """The honest train/validation/test split of a datalist for one held-out fold: validation carved by patient.
 
-The floor under :mod:`naslung.pipeline.datalists` (which re-exports it); a bundle's fine-tuning datalist is split the
-same way (:func:`naslung.bundles.runtime.nodule_inputs.split_train_val`).
+The floor under :mod:`naslung.pipeline.data.datalists` (which re-exports it); a bundle's fine-tuning datalist is split
+the same way (:func:`naslung.bundles.runtime.nodule_inputs.split_train_val`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from naslung.networks import count_parameters
 from naslung.pipeline.atomic_io import atomic_open, write_csv
-from naslung.pipeline.datalists import split_for_fold
+from naslung.pipeline.data.datalists import split_for_fold
 from naslung.pipeline.ensemble.published import TABLE2_AVG, TABLE2_STD, TABLE3
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.metrics import BINARY_METRICS, summarise_folds

@@ -43,7 +43,7 @@ from naslung.pipeline.analysis.discriminability import (
 from naslung.pipeline.analysis.features import load_cubes, penultimate_features
 from naslung.pipeline.analysis.figures import attention_figure, gradcam_figure, plot_tsne, training_curve_figures
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import CONFIG_FILES, merge_config

@@ -77,7 +77,7 @@ def _print_cohort_counts(rows: Sequence[Mapping[str, Any]], path: Path, derived:
 
 def run_cohort(args: argparse.Namespace) -> int:
     """``prepare cohort``: write DIR/cohort.csv (the packaged one unless the rules differ or --regenerate)."""
-    from naslung.pipeline.cohort import regenerate_default_cohort, write_default_or_derived_cohort
+    from naslung.pipeline.data.cohort import regenerate_default_cohort, write_default_or_derived_cohort
 
     if args.update_package:
         if args.min_readers is not None or args.max_slice_thickness is not None or args.luna16_subsets:
@@ -103,7 +103,7 @@ def run_cohort(args: argparse.Namespace) -> int:
 
 def run_embedded(args: argparse.Namespace) -> int:
     """``prepare embedded``: render the synthetic default data set."""
-    from naslung.pipeline.embedded import render_embedded
+    from naslung.pipeline.data.embedded import render_embedded
 
     summary = render_embedded(
         args.out, n_scans=args.scans, seed=args.seed, workers=args.workers, progress=_progress(args)
@@ -119,7 +119,7 @@ def run_embedded(args: argparse.Namespace) -> int:
 
 def run_scans(args: argparse.Namespace) -> int:
     """``prepare lidc|luna16|dicom``: cut cubes from raw scans."""
-    from naslung.pipeline.prepare_raw import prepare_scans
+    from naslung.pipeline.data.prepare_raw import prepare_scans
 
     summary = prepare_scans(
         args.kind,

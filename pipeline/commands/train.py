@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.datalists import read_manifest
+    from naslung.pipeline.data.datalists import read_manifest
     from naslung.pipeline.training import load_train_config, network_overrides, train_folds
 
     overrides = parse_overrides(args.overrides)

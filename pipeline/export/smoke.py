@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.export.checks import hide_naslung_code
 from naslung.pipeline.export.models import build_project_network, load_state_dict_file

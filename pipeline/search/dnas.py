@@ -39,7 +39,7 @@ from naslung.networks.gumbel import TemperatureSchedule
 from naslung.networks.spec import ArchSpec
 from naslung.networks.supernet import KEEP, SKIP, CBAMSupernet3D, measure_latency_table
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.datalists import split_for_fold
+from naslung.pipeline.data.datalists import split_for_fold
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device

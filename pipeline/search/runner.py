@@ -45,7 +45,7 @@ from typing import Any
 
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.config_files import packaged_config, read_config_file
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import CONFIG_FILES, merge_config

@@ -60,7 +60,7 @@ def _write_datalist(folder: Path, scan_case, cube_path: str) -> Path:
     """Good entries (MetaImage, DICOM and NIfTI scans, .npy and NIfTI cubes) then the bad ones, with their files."""
     import nibabel as nib
 
-    from naslung.pipeline.scan_writers import write_mhd
+    from naslung.pipeline.data.scan_writers import write_mhd
 
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "small.npy", np.zeros((16, 16, 16), np.float32))

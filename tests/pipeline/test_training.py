@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Events
 
 from naslung.pipeline.atomic_io import write_csv
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.lr_schedule import build_lr_scheduler
 from naslung.pipeline.training import load_train_config, train_fold

@@ -17,7 +17,7 @@ from naslung.pipeline.analysis.discriminability import discriminability_rows
 from naslung.pipeline.analysis.features import default_gradcam_layer, gradcam_maps
 from naslung.pipeline.analysis.step import load_evaluate_config, run_evaluate_step
 from naslung.pipeline.atomic_io import write_csv
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.training import spec_slug, train_fold
 

@@ -14,7 +14,7 @@ from naslung.networks import AngularLinear
 from naslung.pipeline.analysis.features import default_gradcam_layer, gradcam_maps
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.cli import main
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.training import network_overrides, spec_slug, train_fold

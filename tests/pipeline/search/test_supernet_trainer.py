@@ -10,7 +10,7 @@ from cube_data import make_cubes
 from ignite.engine import Events
 
 from naslung.networks.gumbel import TemperatureSchedule
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.search import SearchSpace
 from naslung.pipeline.search.dnas import _loader, derive_specs, supernet_for_space
 from naslung.pipeline.search.supernet_trainer import (

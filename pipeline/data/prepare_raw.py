@@ -33,10 +33,8 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import append_jsonl, atomic_path, read_jsonl, write_csv, write_json
-from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
-from naslung.pipeline.errors import ConfigError, DataError
-from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.scan_io import (
+from naslung.pipeline.data.datalists import MANIFEST_FIELD_ORDER
+from naslung.pipeline.data.scan_io import (
     MHD_SUFFIXES,
     ScanVolume,
     is_dicom_file,
@@ -45,6 +43,8 @@ from naslung.pipeline.scan_io import (
     read_mhd,
     volume_from_dicom_datasets,
 )
+from naslung.pipeline.errors import ConfigError, DataError
+from naslung.pipeline.progress import Progress, no_progress
 
 __all__ = [
     "prepare_scans",
@@ -139,12 +139,12 @@ class _ScanJob:
 def _load_cohort(cohort: Any) -> list[dict[str, Any]]:
     """Cohort rows from ``None`` (packaged default), a CSV path, or a sequence of dict rows."""
     if cohort is None:
-        from naslung.pipeline.cohort import load_default_cohort
+        from naslung.pipeline.data.cohort import load_default_cohort
 
         rows = list(load_default_cohort())
         source = "the packaged default cohort"
     elif isinstance(cohort, (str, os.PathLike)):
-        from naslung.pipeline.cohort import read_cohort_csv
+        from naslung.pipeline.data.cohort import read_cohort_csv
 
         rows = list(read_cohort_csv(cohort))
         source = str(cohort)
@@ -178,7 +178,7 @@ def _apply_subsets(rows: list[dict[str, Any]], subsets_csv: str | os.PathLike | 
 
     With a subset table, nodules of series the table does not list are dropped (LUNA16 excluded those scans).
     """
-    from naslung.pipeline.folds import assign_folds, read_luna16_subsets
+    from naslung.pipeline.data.folds import assign_folds, read_luna16_subsets
 
     if subsets_csv is not None:
         return [dict(r) for r in assign_folds(rows, subsets=read_luna16_subsets(subsets_csv))]
@@ -363,7 +363,7 @@ def pylidc_dicom_root(root: str | os.PathLike) -> Iterator[Any]:
     """
     import importlib
 
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     pl = import_pylidc()
     scan_module = importlib.import_module("pylidc.Scan")

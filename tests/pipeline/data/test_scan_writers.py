@@ -7,8 +7,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from naslung.pipeline.data.scan_writers import RESCALE_INTERCEPT, RESCALE_SLOPE, write_dicom_series, write_mhd
 from naslung.pipeline.errors import DataError
-from naslung.pipeline.scan_writers import RESCALE_INTERCEPT, RESCALE_SLOPE, write_dicom_series, write_mhd
 
 # [shape (x, y, z), spacing_mm (x, y, z), origin_mm (x, y, z), dtype]
 TEST_CASES = [

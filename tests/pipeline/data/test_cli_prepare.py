@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from naslung.pipeline import cohort as cohort_module
 from naslung.pipeline.cli import build_parser, main
+from naslung.pipeline.data import cohort as cohort_module
 
 
 def _cohort_rows(path):
@@ -123,7 +123,7 @@ def test_prepare_cohort_with_other_rules_derives(tmp_path, monkeypatch, capsys):
 
 
 def test_prepare_embedded_calls_the_renderer(tmp_path, monkeypatch, capsys):
-    from naslung.pipeline import embedded
+    from naslung.pipeline.data import embedded
 
     calls = []
 

@@ -11,8 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.scan_io import (
+from naslung.pipeline.data.scan_io import (
     ScanVolume,
     list_dicom_series,
     read_dicom_series,
@@ -21,6 +20,7 @@ from naslung.pipeline.scan_io import (
     read_scan,
     volume_from_dicom_datasets,
 )
+from naslung.pipeline.errors import DataError
 
 
 def _check_volume(volume: ScanVolume, scan) -> None:

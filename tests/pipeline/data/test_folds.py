@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from naslung.pipeline.data.folds import PAPER_FOLDS, assign_folds, read_luna16_subsets
 from naslung.pipeline.errors import ConfigError, DataError
-from naslung.pipeline.folds import PAPER_FOLDS, assign_folds, read_luna16_subsets
 
 
 def _rows(n_patients=300, seed=1, malignant_rate=0.45):
@@ -75,7 +75,7 @@ def test_any_cohort_keeps_patients_whole(labels, n_folds, seed):
 
 
 def test_the_default_cohort_folds_keep_patients_whole():
-    from naslung.pipeline.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort import load_default_cohort
 
     rows = load_default_cohort()
     assert _patients_in_one_fold(rows)

@@ -172,7 +172,7 @@ def _consensus_calcification(codes: Sequence[int]) -> int:
 
 
 def nodule_spec(row: Mapping[str, Any]) -> NoduleSpec:
-    """Parse a cohort row (``naslung.pipeline.cohort`` columns; CSV strings are fine) into a :class:`NoduleSpec`.
+    """Parse a cohort row (``naslung.pipeline.data.cohort`` columns; CSV strings are fine) into a :class:`NoduleSpec`.
 
     Raises:
         DataError: a required column is missing or not a number.
@@ -497,7 +497,7 @@ def _tube_occupancy(
 
 
 def _import_pylidc() -> Any:
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     return import_pylidc()
 
@@ -850,7 +850,7 @@ def render_nodule_region(
     readers' contours and ratings. Cut it with ``naslung.transforms.nodule_cube.sample_cube_hu``.
 
     Args:
-        row: a cohort row (``naslung.pipeline.cohort`` columns).
+        row: a cohort row (``naslung.pipeline.data.cohort`` columns).
         size_mm: edge of the region in mm; 40 leaves a margin around the 32 mm cube.
         seed: global seed; the same (row, seed) gives the same bytes.
 

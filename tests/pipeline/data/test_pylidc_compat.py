@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from naslung.pipeline.pylidc_compat import (
+from naslung.pipeline.data.pylidc_compat import (
     PKG_RESOURCES_SHIM_FLAG,
     eager_scan_query,
     import_pylidc,

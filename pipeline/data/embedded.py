@@ -1,7 +1,7 @@
 """The embedded default data set: 32³ cubes and a few whole scans of synthetic CT on the real LIDC-IDRI annotations.
 
-Every cohort nodule is drawn by :mod:`naslung.pipeline.synthetic_ct` from its readers' real contours and ratings and
-cut with the same extraction as real scans (``sample_cube_hu`` -> ``hu_to_unit``). The images are synthetic, so
+Every cohort nodule is drawn by :mod:`naslung.pipeline.data.synthetic_ct` from its readers' real contours and ratings
+and cut with the same extraction as real scans (``sample_cube_hu`` -> ``hu_to_unit``). The images are synthetic, so
 accuracy on this data set checks the pipeline and is not comparable to the NAS-Lung paper's results.
 
 Layout of ``out_dir``::
@@ -34,18 +34,18 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
-from naslung.pipeline.cohort import load_default_cohort, write_cohort_csv
-from naslung.pipeline.datalists import MANIFEST_FIELD_ORDER
-from naslung.pipeline.errors import DataError
-from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.scan_writers import write_dicom_series, write_mhd
-from naslung.pipeline.synthetic_ct import (
+from naslung.pipeline.data.cohort import load_default_cohort, write_cohort_csv
+from naslung.pipeline.data.datalists import MANIFEST_FIELD_ORDER
+from naslung.pipeline.data.scan_writers import write_dicom_series, write_mhd
+from naslung.pipeline.data.synthetic_ct import (
     RENDER_VERSION,
     nodule_spec,
     render_nodule_region,
     render_scan,
     scan_geometry,
 )
+from naslung.pipeline.errors import DataError
+from naslung.pipeline.progress import Progress, no_progress
 
 __all__ = [
     "CUBE_SIZE",
@@ -254,7 +254,7 @@ def render_embedded(
 
     Args:
         out_dir: the data set folder (created).
-        rows: cohort rows; None loads the default cohort (``naslung.pipeline.cohort.load_default_cohort``).
+        rows: cohort rows; None loads the default cohort (``naslung.pipeline.data.cohort.load_default_cohort``).
         n_scans: how many whole scans to write (series with the most nodules that fit the crop).
         seed: global seed of the renderer; the same seed gives the same bytes.
         workers: worker processes.
