@@ -53,7 +53,7 @@ from naslung.networks import (
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.export.smoke import run_bundle_inference
 from naslung.pipeline.export.step import export_bundle
-from naslung.pipeline.training import load_train_config, spec_slug
+from naslung.pipeline.training.step import load_train_config, spec_slug
 
 __all__ = ["main", "bench_layouts", "bench_spec", "bench_bundle_throughput"]
 

@@ -50,7 +50,7 @@ from naslung.networks import build_loss, build_network, count_parameters
 from naslung.networks.blocks.narrow_channels import narrow_channel_kernels, use_narrow_channel_kernels
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.cpu_allocator import retain_freed_memory
-from naslung.pipeline.inferers import AutocastInferer, cpu_bf16_supported
+from naslung.pipeline.training.inferers import AutocastInferer, cpu_bf16_supported
 from naslung.transforms import train_transforms
 
 __all__ = ["main", "make_cubes", "bench_loader", "bench_paths", "packaged_loader"]
@@ -111,7 +111,7 @@ def bench_loader(
 
     ``thread``: load with MONAI's ``ThreadDataLoader`` (one batch prefetched in a background thread);
     ``track_meta``: run the transforms on MetaTensors (``train_transforms(track_meta=True)``);
-    ``bf16``: the forward pass under bfloat16 autocast (:class:`~naslung.pipeline.inferers.AutocastInferer`);
+    ``bf16``: the forward pass under bfloat16 autocast (:class:`~naslung.pipeline.training.inferers.AutocastInferer`);
     ``narrow``: with :mod:`naslung.networks.blocks.narrow_channels`' kernels (batch norm and CBAM on 2-4-channel
     channels-last maps), as the packaged training config trains; ``False``: PyTorch's kernels throughout.
     Weights are channels-last (``channels_last_3d``) as in the packaged training config.
@@ -239,7 +239,7 @@ def bench_paths(spec: str, items: list[dict], batch_size: int, epochs: int, roun
 
 def packaged_loader() -> tuple[str, str, int]:
     """(dataset class, loader class, workers) of the packaged training config's training data path."""
-    from naslung.pipeline.training import load_train_config
+    from naslung.pipeline.training.step import load_train_config
 
     config = load_train_config()
     return config["train"]["dataset"]["_target_"], config["train"]["dataloader"]["_target_"], int(config["num_workers"])
@@ -249,7 +249,7 @@ def learning_check(args: argparse.Namespace, scratch: Path) -> None:
     """Train Model-1 with A-Softmax with one fold held out; print its test metrics beside a chance classifier's."""
     from scipy.stats import binomtest
 
-    from naslung.pipeline.training import train_fold
+    from naslung.pipeline.training.step import train_fold
 
     if args.data:
         from naslung.pipeline.data.datalists import read_manifest

@@ -42,7 +42,7 @@ from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.search.rank_correlation import write_rank_correlation
 from naslung.pipeline.search.runner import run_search_step
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
-from naslung.pipeline.training import train_fold_job, train_folds
+from naslung.pipeline.training.step import train_fold_job, train_folds
 
 # PROFILES and load_profile live in naslung.pipeline.run.config; re-exported for the benchmarks that import them here
 __all__ = ["PROFILES", "RunContext", "RUN_STEPS", "load_profile", "subsample_cohort", "run_job"]

@@ -26,7 +26,7 @@ from naslung.pipeline.run.layout import (
 )
 from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.steps import fingerprint, is_done
-from naslung.pipeline.training import load_train_config, train_fold
+from naslung.pipeline.training.step import load_train_config, train_fold
 
 __all__ = [
     "AblationVariant",
@@ -40,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Keys the training step sets itself per fold (as ``naslung.pipeline.training``); not part of a setting.
+#: Keys the training step sets itself per fold (as ``naslung.pipeline.training.step``); not part of a setting.
 _RUNTIME_KEYS = ("train_data", "val_data", "test_data", "output_dir", "bundle_root", "dataset_dir")
 
 
@@ -138,7 +138,7 @@ def train_variant(
     The setting is ``base_config`` + ``train_overrides`` + ``arch=spec`` + the variant's ``attention`` and
     ``loss_name``. A fold of ``reuse_dir`` (``RUN/train/<slug>``) is reused when it finished training with exactly
     this setting on the same split; otherwise the network is trained into ``out_dir/fold_<k>`` with
-    :func:`naslung.pipeline.training.train_fold` (which itself skips finished folds).
+    :func:`naslung.pipeline.training.step.train_fold` (which itself skips finished folds).
 
     Args:
         datalist: the cohort's datalist (all folds).

@@ -56,7 +56,7 @@ from naslung.pipeline.run.layout import (
 from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
-from naslung.pipeline.training import load_train_config
+from naslung.pipeline.training.step import load_train_config
 
 __all__ = ["DEFAULT_EVALUATE_CONFIG", "ANALYSES", "load_evaluate_config", "run_evaluate_step"]
 
@@ -79,7 +79,8 @@ def load_evaluate_config(
 
     Keys use MONAI's ``#`` separator for nested entries (``"tsne#perplexity": 10``); values are taken as they
     are (no ``$`` expressions are evaluated), and ``train_overrides`` is handed to
-    :func:`naslung.pipeline.training.load_train_config` unchanged (:func:`naslung.pipeline.run.config.merge_config`).
+    :func:`naslung.pipeline.training.step.load_train_config` unchanged
+    (:func:`naslung.pipeline.run.config.merge_config`).
 
     Raises:
         ConfigError: a missing or unreadable file, an unknown key, an unknown analysis or variant.

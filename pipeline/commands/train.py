@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from naslung.pipeline.data.datalists import read_manifest
-    from naslung.pipeline.training import load_train_config, network_overrides, train_folds
+    from naslung.pipeline.training.step import load_train_config, network_overrides, train_folds
 
     overrides = parse_overrides(args.overrides)
     overrides.update(network_overrides(args.network, args.arch))

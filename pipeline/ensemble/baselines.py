@@ -3,7 +3,7 @@ held-out metrics, parameters and latency for the results table.
 
 A run keeps them apart from the searched networks, so they never join an ensemble or a bundle by default::
 
-    RUN/baselines/<name>/fold_<k>/...      what :func:`naslung.pipeline.training.train_fold` writes
+    RUN/baselines/<name>/fold_<k>/...      what :func:`naslung.pipeline.training.step.train_fold` writes
     RUN/baselines/<name>/cv_metrics.json   test metrics per fold, mean ± std
 """
 
@@ -21,7 +21,7 @@ from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_m
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.layout import BASELINES_DIR, RunLayout
 from naslung.pipeline.run.members import network_cost, read_test_predictions
-from naslung.pipeline.training import network_overrides, train_folds
+from naslung.pipeline.training.step import network_overrides, train_folds
 
 __all__ = [
     "BASELINES_DIR",
@@ -67,12 +67,12 @@ def train_baselines(
         folds: held-out test folds (those of the searched networks, for a fair comparison).
         run_dir: the run directory.
         overrides: training-config overrides shared by all baselines (the network keys are set per baseline, see
-            :func:`naslung.pipeline.training.network_overrides`).
+            :func:`naslung.pipeline.training.step.network_overrides`).
         show_progress: attach the engines' progress bars.
         progress: wraps the loop over networks.
 
     Returns:
-        ``{name: cv_metrics}`` (:func:`naslung.pipeline.training.train_folds`'s result) per baseline.
+        ``{name: cv_metrics}`` (:func:`naslung.pipeline.training.step.train_folds`'s result) per baseline.
 
     Raises:
         ConfigError: see :func:`baseline_names`.

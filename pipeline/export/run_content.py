@@ -34,7 +34,7 @@ class BundleMember:
     """One trained network going into a bundle.
 
     Args:
-        slug: folder name under ``RUN/train`` (:func:`naslung.pipeline.training.spec_slug`).
+        slug: folder name under ``RUN/train`` (:func:`naslung.pipeline.training.step.spec_slug`).
         spec: the architecture spec (paper notation) or network name from the fold's config.
         fold_dir: the fold folder whose weights are shipped (``all`` when trained without a test fold).
         weights: its ``checkpoints/best_model.pt`` (a plain ``state_dict``).

@@ -64,7 +64,7 @@ INFERENCE_MODULES: tuple[str, ...] = (
 #: What ``train.json`` (fine-tuning a bundle, e.g. in the MONAI Label app) adds: the losses, the training transforms
 #: and naslung's training config components (metric handlers, learning-rate schedule, inferer, handlers), which still
 #: live in ``naslung.pipeline``; only ``train.json`` imports them. The schedule has a module of its own
-#: (:mod:`naslung.pipeline.lr_schedule`) so that the training step, the run layout and the config loader stay out.
+#: (:mod:`naslung.pipeline.training.lr_schedule`) so that the training step, run layout and config loader stay out.
 FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.networks.losses",
     "naslung.networks.blocks.narrow_channels",
@@ -76,9 +76,10 @@ FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.pipeline.data",
     "naslung.pipeline.data.datalists",
     "naslung.pipeline.metrics",
-    "naslung.pipeline.handlers",
-    "naslung.pipeline.inferers",
-    "naslung.pipeline.lr_schedule",
+    "naslung.pipeline.training",
+    "naslung.pipeline.training.handlers",
+    "naslung.pipeline.training.inferers",
+    "naslung.pipeline.training.lr_schedule",
 )
 #: Every module a bundle's ``scripts/naslung_bundle/`` holds (a fixed list: nothing is added by following imports).
 BUNDLE_MODULES: tuple[str, ...] = (*INFERENCE_MODULES, *FINE_TUNING_MODULES)

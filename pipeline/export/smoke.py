@@ -22,7 +22,7 @@ from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.export.checks import hide_naslung_code
 from naslung.pipeline.export.models import build_project_network, load_state_dict_file
 from naslung.pipeline.export.run_content import read_json
-from naslung.pipeline.training import predict
+from naslung.pipeline.training.step import predict
 
 __all__ = ["run_bundle_inference", "smoke_test_bundle"]
 
@@ -110,7 +110,7 @@ def smoke_test_bundle(
     The first ``n_nodules`` cubes of ``data_dir/manifest.csv`` go through the bundle's inference in a fresh
     process that cannot import naslung, once with ``inference.json`` (PyTorch) and once with
     ``inference_onnx.json`` (ONNX Runtime); naslung then predicts the same cubes with the same weights
-    (:func:`naslung.pipeline.training.predict`, member probabilities averaged for an ensemble).
+    (:func:`naslung.pipeline.training.step.predict`, member probabilities averaged for an ensemble).
 
     Args:
         bundle_dir: the exported bundle.

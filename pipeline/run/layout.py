@@ -13,7 +13,7 @@ The layout (unchanged since naslung 0.1)::
     RUN/bundles/naslung_classifier/, naslung_ensemble/, smoke.json
     RUN/report.md, report.html, run_summary.json, logs/run.log
 
-and one fold folder (what :func:`naslung.pipeline.training.train_fold` writes)::
+and one fold folder (what :func:`naslung.pipeline.training.step.train_fold` writes)::
 
     fold_<k>/checkpoints/best_model.pt, config.json, metrics.json, history.jsonl,
              val_predictions.csv, test_predictions.csv, done.json

@@ -35,7 +35,7 @@ def load_trained_network(
     """Rebuild a trained network from a fold folder: ``network_def`` of its ``config.json`` plus its weights.
 
     Args:
-        fold_dir: ``.../fold_<k>`` written by :func:`naslung.pipeline.training.train_fold`.
+        fold_dir: ``.../fold_<k>`` written by :func:`naslung.pipeline.training.step.train_fold`.
         device: where to put the network.
         checkpoint: weights file relative to ``fold_dir`` (a plain ``state_dict``).
 

@@ -16,7 +16,7 @@ import torch
 from naslung.pipeline.errors import ConfigError, DataError, SearchError
 from naslung.pipeline.search.latency_table import LatencyTable
 from naslung.pipeline.search.space import arch_to_text
-from naslung.pipeline.training import load_train_config, spec_slug, train_fold
+from naslung.pipeline.training.step import load_train_config, spec_slug, train_fold
 
 __all__ = [
     "METRIC_KEYS",
@@ -47,7 +47,8 @@ def best_validation_epoch(history: Sequence[Mapping[str, Any]], metric: str) -> 
     are scored, whatever metric picks the training's saved checkpoint.
 
     Args:
-        history: the per-validation records of :func:`naslung.pipeline.training.train_fold` (``result["history"]``).
+        history: the per-validation records of :func:`naslung.pipeline.training.step.train_fold`
+            (``result["history"]``).
         metric: ``"auc"``, ``"f1"``, ``"accuracy"``, ``"sensitivity"`` or ``"specificity"``.
 
     Returns:
@@ -119,7 +120,7 @@ def build_candidate_network(spec: Any, train_config: Mapping[str, Any]) -> torch
 
     Args:
         spec: the architecture (any form :func:`~naslung.pipeline.search.space.arch_to_text` takes).
-        train_config: a merged training config (:func:`naslung.pipeline.training.load_train_config`).
+        train_config: a merged training config (:func:`naslung.pipeline.training.step.load_train_config`).
     """
     from monai.bundle import ConfigParser
 
@@ -156,7 +157,7 @@ class CandidateEvaluator:
     The score is ``score_metric`` (default validation ROC AUC, which still ranks a briefly trained network that
     predicts one class at the 0.5 threshold, where F1 is 0) at the candidate's best validation epoch
     (:func:`best_validation_epoch`); the record's other metrics are those of the same epoch.
-    Training is :func:`naslung.pipeline.training.train_fold` with ``test_fold=None``: the validation split is
+    Training is :func:`naslung.pipeline.training.step.train_fold` with ``test_fold=None``: the validation split is
     carved (by patient) from the search data itself, which must hold no test-fold nodule
     (:func:`search_datalist`). Each candidate trains in ``out_dir/<spec slug>/all/``, so a candidate killed in the
     middle resumes from its last checkpoint and a finished one is not trained again.

@@ -9,7 +9,7 @@ scaling); two searches with the same seed would prune and select differently. Th
 (``CandidateProfiler``) and stores the number in a JSON table; every later search on that machine, in any run
 folder, reuses the stored number instead of timing again. An entry is keyed by everything the number depends on:
 the machine (:func:`machine_fingerprint`: CPU model, logical cores, OS and architecture, GPU names), the
-candidate (:func:`~naslung.pipeline.training.spec_slug`), its attention and loss head, the input shape, the batch,
+candidate (:func:`~naslung.pipeline.training.step.spec_slug`), its attention and loss head, the input shape, the batch,
 the CPU threads, the device, the torch version and a digest of the ``naslung.networks`` source (so a change of the
 network code measures again). Delete the file to measure afresh.
 
@@ -165,7 +165,7 @@ class LatencyTable:
         """The entry key of one measurement: this machine, the candidate and every setting the number depends on.
 
         Args:
-            spec_slug: the candidate (:func:`naslung.pipeline.training.spec_slug`).
+            spec_slug: the candidate (:func:`naslung.pipeline.training.step.spec_slug`).
             input_shape: one nodule's shape (C, D, H, W).
             batch: the batch whose per-nodule latency is stored.
             threads: torch CPU threads while timing.

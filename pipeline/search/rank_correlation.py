@@ -16,7 +16,7 @@ from scipy.stats import rankdata
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.search.candidate import best_validation_epoch
-from naslung.pipeline.training import fold_dir_name, spec_slug
+from naslung.pipeline.training.step import fold_dir_name, spec_slug
 
 __all__ = [
     "RANK_CORRELATION_FILE",

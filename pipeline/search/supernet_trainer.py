@@ -20,10 +20,10 @@ from naslung.networks.gumbel import TemperatureSchedule
 from naslung.networks.spec import ArchSpec
 from naslung.networks.supernet import CBAMSupernet3D
 from naslung.pipeline.atomic_io import atomic_open
-from naslung.pipeline.handlers import EpochProgress, EpochSeedHandler, ResumableCheckpoint
 from naslung.pipeline.metrics import binary_metrics
 from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.training import predict
+from naslung.pipeline.training.handlers import EpochProgress, EpochSeedHandler, ResumableCheckpoint
+from naslung.pipeline.training.step import predict
 
 __all__ = ["PairedLoader", "BilevelUpdate", "SupernetEpochRecorder", "create_supernet_trainer"]
 
@@ -34,8 +34,8 @@ class PairedLoader:
     """Re-iterable pairs ``(weight_batch, arch_batch)`` of two data loaders; one epoch is the shorter loader.
 
     Each iteration creates the loaders' iterators at its first pair, after the engine's ``EPOCH_STARTED`` (where
-    :class:`~naslung.pipeline.handlers.EpochSeedHandler` re-seeds the shuffling and the augmentations), and stops
-    after ``len(self)`` pairs without drawing a batch from the longer loader, so an uninterrupted run and a
+    :class:`~naslung.pipeline.training.handlers.EpochSeedHandler` re-seeds the shuffling and the augmentations), and
+    stops after ``len(self)`` pairs without drawing a batch from the longer loader, so an uninterrupted run and a
     resumed one draw the same random numbers.
 
     Args:
@@ -245,11 +245,11 @@ def create_supernet_trainer(
     Its handlers, in the order they run at each event:
 
     - ``EPOCH_STARTED``: train mode and the epoch's Gumbel-Softmax temperature ``schedule(epoch - 1)``; the
-      training's :class:`~naslung.pipeline.handlers.EpochSeedHandler` on both loaders (seeds ``seed`` for the
+      training's :class:`~naslung.pipeline.training.handlers.EpochSeedHandler` on both loaders (seeds ``seed`` for the
       weight split and ``seed + 1`` for the architecture split); the recorder's epoch timer.
     - ``EPOCH_COMPLETED``: the recorder's journal record, then the training's
-      :class:`~naslung.pipeline.handlers.ResumableCheckpoint` into ``checkpoint`` (supernet, both optimisers, the
-      records, the engine's epoch), which loads with ``weights_only=True``.
+      :class:`~naslung.pipeline.training.handlers.ResumableCheckpoint` into ``checkpoint`` (supernet, both optimisers,
+      the records, the engine's epoch), which loads with ``weights_only=True``.
     - ``STARTED``: the checkpoint is loaded, the journal rewritten from its records, the requested ``max_epochs``
       restored (a search resumed with more epochs than its checkpoint's run goes on), and a progress bar over the
       epochs left is opened.

@@ -14,7 +14,7 @@ import torch
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.data.scan_writers import write_dicom_series, write_mhd
-from naslung.pipeline.training import spec_slug, train_folds
+from naslung.pipeline.training.step import spec_slug, train_folds
 
 #: Two tiny candidate specs (a few thousand parameters each) trained for one epoch.
 SPECS = ("[4,4,[4],[4],[4]]", "[4,4,[4],[4],[8]]")

@@ -21,7 +21,7 @@ from naslung.pipeline.export.checks import check_bundle_layout, hide_naslung_cod
 from naslung.pipeline.export.smoke import run_bundle_inference
 from naslung.pipeline.export.sources import local_schema_path
 from naslung.pipeline.export.step import export_bundle
-from naslung.pipeline.training import load_train_config, predict
+from naslung.pipeline.training.step import load_train_config, predict
 from naslung.transforms import ExtractNoduleCube, SimpleITKReader, eval_transforms
 
 TOLERANCE = 1e-4

@@ -19,7 +19,7 @@ from naslung.pipeline.analysis.step import load_evaluate_config, run_evaluate_st
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.training import spec_slug, train_fold
+from naslung.pipeline.training.step import spec_slug, train_fold
 
 TINY_SPEC = "[4,4,[4],[4],[4]]"
 TINY_TRAINING = {"arch": TINY_SPEC, "batch_size": 8, "val_fraction": 0.3, "seed": 3, "max_epochs": 1}

@@ -17,7 +17,7 @@ from naslung.pipeline.cli import main
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.run.members import load_trained_network
-from naslung.pipeline.training import network_overrides, spec_slug, train_fold
+from naslung.pipeline.training.step import network_overrides, spec_slug, train_fold
 
 #: One step per epoch: 6 cubes in 3 folds; a held-out fold leaves 4, of which 2 validate and 2 form one batch.
 ONE_STEP = {"batch_size": 2, "val_fraction": 0.2, "max_epochs": 1, "seed": 1}

@@ -143,7 +143,7 @@ def test_members_use_shared_folds_and_reject_mismatches(tmp_path):
 
 def test_parameters_and_latency_from_the_checkpoint(tmp_path):
     from naslung.networks import build_network, count_parameters
-    from naslung.pipeline.training import load_train_config
+    from naslung.pipeline.training.step import load_train_config
 
     run = make_run(tmp_path, members=("a",))
     config = load_train_config(overrides={"arch": "[4,4,[4],[4],[4]]"})

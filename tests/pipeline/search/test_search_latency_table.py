@@ -16,7 +16,7 @@ from naslung.pipeline.search.latency_table import (
     machine_id,
     resolve_latency_table_path,
 )
-from naslung.pipeline.training import load_train_config
+from naslung.pipeline.training.step import load_train_config
 
 ID = machine_id()
 HOME_CACHE = Path(os.path.expanduser("~")) / ".cache" / "naslung" / "latency" / f"{ID}.json"

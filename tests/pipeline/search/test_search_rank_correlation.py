@@ -16,7 +16,7 @@ from naslung.pipeline.search.rank_correlation import (
     spearman,
     write_rank_correlation,
 )
-from naslung.pipeline.training import spec_slug
+from naslung.pipeline.training.step import spec_slug
 
 SPEARMAN_CASES = [
     [[1, 2, 3, 4], [10, 20, 30, 40], 1.0],

@@ -23,7 +23,7 @@ import torch
 from naslung.networks import ArchSpec, convert_authors_state_dict, count_parameters
 from naslung.pipeline.atomic_io import atomic_path, write_json
 from naslung.pipeline.errors import ConfigError, DataError
-from naslung.pipeline.training import load_train_config
+from naslung.pipeline.training.step import load_train_config
 
 __all__ = ["ImportedReference", "load_authors_weights", "import_reference"]
 

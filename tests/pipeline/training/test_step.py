@@ -12,8 +12,8 @@ from ignite.engine import Events
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.lr_schedule import build_lr_scheduler
-from naslung.pipeline.training import load_train_config, train_fold
+from naslung.pipeline.training.lr_schedule import build_lr_scheduler
+from naslung.pipeline.training.step import load_train_config, train_fold
 
 TINY = {"arch": "[4,4,[4],[4],[4]]", "batch_size": 8, "val_fraction": 0.3, "seed": 3}
 
@@ -118,14 +118,14 @@ def test_missing_config_file(tmp_path):
     ],
 )
 def test_spec_slug(spec, slug):
-    from naslung.pipeline.training import spec_slug
+    from naslung.pipeline.training.step import spec_slug
 
     assert spec_slug(spec) == slug
 
 
 def test_predict_keeps_nodule_ids_and_order(cube_datalist):
     from naslung.networks import build_network
-    from naslung.pipeline.training import predict
+    from naslung.pipeline.training.step import predict
 
     network = build_network("[4,4,[4],[4],[4]]").eval()
     rows = predict(network, cube_datalist[:5], batch_size=2)
@@ -159,7 +159,7 @@ def test_checkpoint_keeps_the_amp_grad_scaler(tmp_path):
     """The trainer's GradScaler (MONAI sets ``engine.scaler`` with ``amp=True``) is saved and restored on resume."""
     from ignite.engine import Engine
 
-    from naslung.pipeline.handlers import ResumableCheckpoint
+    from naslung.pipeline.training.handlers import ResumableCheckpoint
 
     def engine_with_scaler(init_scale: float) -> Engine:
         engine = Engine(lambda engine, batch: None)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from naslung.pipeline.handlers import BestModelSaver, EarlyStopOnValidation
+from naslung.pipeline.training.handlers import BestModelSaver, EarlyStopOnValidation
 
 # validation scores per epoch, min_epoch, expected best epoch
 BEST_CASES = [

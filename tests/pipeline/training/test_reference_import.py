@@ -11,8 +11,8 @@ from authors_convres import AuthorsConvRes, authors_random_state_dict, stage_con
 from naslung.networks import ReferenceConvRes3D
 from naslung.pipeline.cli import build_parser, main
 from naslung.pipeline.errors import DataError
-from naslung.pipeline.reference_import import import_reference, load_authors_weights
 from naslung.pipeline.run.members import load_trained_network
+from naslung.pipeline.training.reference_import import import_reference, load_authors_weights
 
 MODEL_1 = [4, 4, [4, 4], [4, 8], [8, 8]]
 SPECS = [MODEL_1, [4, 4, [8], [8, 16], [16]]]

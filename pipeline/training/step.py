@@ -21,7 +21,6 @@ from naslung.networks import BASELINES, registered_name
 from naslung.pipeline.atomic_io import append_jsonl, read_jsonl, write_csv, write_json
 from naslung.pipeline.data.datalists import FoldSplit, split_for_fold
 from naslung.pipeline.errors import ConfigError, NaslungError
-from naslung.pipeline.handlers import PredictionCollector
 from naslung.pipeline.metrics import BINARY_METRICS, binary_metrics, summarise_folds
 from naslung.pipeline.run.config import CONFIG_FILES, merge_config
 from naslung.pipeline.run.layout import (
@@ -36,6 +35,7 @@ from naslung.pipeline.run.layout import (
     spec_slug,
 )
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.training.handlers import PredictionCollector
 from naslung.transforms import eval_transforms
 
 __all__ = [

@@ -7,7 +7,7 @@ import torch
 
 from naslung.networks import build_network
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.inferers import AutocastInferer, cpu_bf16_supported
+from naslung.pipeline.training.inferers import AutocastInferer, cpu_bf16_supported
 
 
 class _DtypeProbe(torch.nn.Module):
