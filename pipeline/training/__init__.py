@@ -1,10 +1,5 @@
-"""naslung.pipeline.training: the ``train`` step: one network per held-out fold with MONAI's Ignite engines, and the
-config components its ``train.json`` names (handlers, inferer, learning-rate schedule), plus importing the authors'
-reference weights as a trained network.
-
-The package imports nothing itself, so that a module can import one of them without loading the others (a bundle's
-fine-tuning code ships the handlers, inferer and schedule without the training step).
-"""
+"""naslung.pipeline.training: the ``train`` step, the components its ``train.json`` names (handlers, inferer, lr
+schedule) and ``import-reference``. Imports nothing itself, so a bundle ships the components without the step."""
 
 from __future__ import annotations
 
