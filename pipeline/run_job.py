@@ -186,7 +186,9 @@ def _selected_specs(ctx: RunContext) -> list[str]:
     return specs
 
 
-def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel: Mapping[str, Any]) -> None:
+def _run_jobs_in_parallel(
+    ctx: RunContext, jobs: list[dict[str, Any]], parallel: Mapping[str, Any], desc: str = "retrain jobs"
+) -> None:
     """Train (network, fold) jobs on the search's executor: the profile's ``train.parallel`` section.
 
     ``{"executor": "ray", "workers": 2, "threads_per_job": 1}`` runs two single-thread jobs at a time (Ray, or one
@@ -207,7 +209,7 @@ def _run_jobs_in_parallel(ctx: RunContext, jobs: list[dict[str, Any]], parallel:
         threads_per_trial=parallel.get("threads_per_job"),
     )
     with executor:
-        for _ in ctx.progress(executor.map(train_fold_job, jobs), total=len(jobs), desc="retrain jobs"):
+        for _ in ctx.progress(executor.map(train_fold_job, jobs), total=len(jobs), desc=desc):
             pass
 
 
@@ -287,7 +289,18 @@ def _step_evaluate(ctx: RunContext) -> str:
     # the profile's evaluate.train_overrides refine the train section (e.g. fewer epochs), never replace it
     train.update(evaluate.pop("train_overrides", {}))
     overrides = {"train_overrides": train, **({"folds": folds} if folds else {}), **evaluate}
-    result = run_evaluate_step(ctx.run_dir, overrides=overrides, progress=ctx.progress)
+    parallel = ctx.section("train").get("parallel")
+
+    def run_training_jobs(jobs: list[dict[str, Any]]) -> None:  # the analyses' networks, as train.parallel says
+        if jobs:
+            _run_jobs_in_parallel(ctx, jobs, parallel, desc="analysis jobs")
+
+    result = run_evaluate_step(
+        ctx.run_dir,
+        overrides=overrides,
+        progress=ctx.progress,
+        run_training_jobs=run_training_jobs if parallel else None,
+    )
     figures = [name for name in result.get("outputs", []) if str(name).endswith(".png")]
     return f"{', '.join(result.get('analyses', []))} of {result.get('specs')}: {len(figures)} figures"
 

@@ -26,6 +26,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from naslung.networks import build_loss, build_network
+from naslung.networks.blocks import use_narrow_channel_kernels
+from naslung.pipeline.cpu_allocator import retain_freed_memory
+
+retain_freed_memory()
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True)
@@ -67,9 +71,8 @@ accs = [((diam[tr] > t) == labels[tr]).mean() for t in ts]
 t = ts[int(np.argmax(accs))]
 ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": float(roc_auc_score(labels[va], diam[va]))}
 print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
-net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear").to(
-    memory_format=torch.channels_last_3d
-)
+net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear")
+net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
 steps_per_epoch = math.ceil(len(tr) / a.bs)
 total = steps_per_epoch * a.epochs
 kw = {}

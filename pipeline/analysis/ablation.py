@@ -33,6 +33,7 @@ __all__ = [
     "ABLATION_VARIANTS",
     "VariantRun",
     "train_variant",
+    "variant_training_jobs",
     "ABLATION_FIELDS",
     "ablation_rows",
     "write_ablation",
@@ -122,6 +123,51 @@ def _reusable(fold_dir: Path, datalist: Sequence[Mapping[str, Any]], fold: int, 
     return is_done(fold_dir, fingerprint(_comparable(merged), ids))
 
 
+def _variant_setting(
+    spec: str,
+    variant: str,
+    base_config: str | os.PathLike | Mapping[str, Any] | None,
+    train_overrides: Mapping[str, Any] | None,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(base config, overrides, merged config) of ``spec`` trained as ``variant``; ConfigError for an unknown one."""
+    if variant not in ABLATION_VARIANTS:
+        raise ConfigError(f"unknown ablation variant {variant!r}; choose among {list(ABLATION_VARIANTS)}")
+    base = dict(base_config) if isinstance(base_config, Mapping) else base_config
+    arch = spec
+    if isinstance(base, dict) and spec_slug(str(base.get("arch", ""))) == spec_slug(spec):
+        arch = base["arch"]  # the same network as written by `naslung train` (spacing may differ), so it can match
+    overrides = {**(train_overrides or {}), "arch": arch, **ABLATION_VARIANTS[variant].overrides()}
+    return base, overrides, load_train_config(base, overrides)
+
+
+def variant_training_jobs(
+    datalist: Sequence[Mapping[str, Any]],
+    spec: str,
+    variant: str,
+    folds: Sequence[int],
+    out_dir: str | os.PathLike,
+    base_config: str | os.PathLike | Mapping[str, Any] | None = None,
+    train_overrides: Mapping[str, Any] | None = None,
+    reuse_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """The trainings :func:`train_variant` would run, as jobs for
+    :func:`naslung.pipeline.training.step.train_fold_job`: one per held-out fold that ``reuse_dir`` cannot supply.
+
+    Run them first (e.g. two at a time on an executor); :func:`train_variant` then finds them finished and only
+    collects. Same arguments as :func:`train_variant`.
+    """
+    base, overrides, merged = _variant_setting(spec, variant, base_config, train_overrides)
+    jobs = []
+    for fold in folds:
+        candidate = None if reuse_dir is None else Path(reuse_dir) / fold_dir_name(fold)
+        if candidate is None or not _reusable(candidate, datalist, fold, merged):
+            jobs.append(
+                {"datalist": list(datalist), "test_fold": fold, "out_dir": str(out_dir), "config": base,
+                 "overrides": overrides}
+            )  # fmt: skip
+    return jobs
+
+
 def train_variant(
     datalist: Sequence[Mapping[str, Any]],
     spec: str,
@@ -154,14 +200,7 @@ def train_variant(
     Raises:
         ConfigError: for an unknown variant.
     """
-    if variant not in ABLATION_VARIANTS:
-        raise ConfigError(f"unknown ablation variant {variant!r}; choose among {list(ABLATION_VARIANTS)}")
-    base = dict(base_config) if isinstance(base_config, Mapping) else base_config
-    arch = spec
-    if isinstance(base, dict) and spec_slug(str(base.get("arch", ""))) == spec_slug(spec):
-        arch = base["arch"]  # the same network as written by `naslung train` (spacing may differ), so it can match
-    overrides = {**(train_overrides or {}), "arch": arch, **ABLATION_VARIANTS[variant].overrides()}
-    merged = load_train_config(base, overrides)
+    base, overrides, merged = _variant_setting(spec, variant, base_config, train_overrides)
     run = VariantRun(spec, spec_slug(spec), variant, {}, {}, [])
     for fold in folds:
         candidate = None if reuse_dir is None else Path(reuse_dir) / fold_dir_name(fold)

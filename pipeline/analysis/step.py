@@ -22,7 +22,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from naslung.pipeline.analysis.ablation import (
     VariantRun,
     ablation_rows,
     train_variant,
+    variant_training_jobs,
     write_ablation,
 )
 from naslung.pipeline.analysis.discriminability import (
@@ -135,6 +136,7 @@ def run_evaluate_step(
     force: bool = False,
     show_progress: bool = False,
     progress: Progress = no_progress,
+    run_training_jobs: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the analyses of the evaluation config on ``run_dir`` and write ``RUN/analysis`` (module docstring).
 
@@ -151,6 +153,9 @@ def run_evaluate_step(
         force: redo the analyses even when up to date (finished trainings are still reused).
         show_progress: Ignite progress bars while training.
         progress: wraps the loop over networks to train.
+        run_training_jobs: runs the analysis networks' trainings first, given as
+            :func:`~naslung.pipeline.training.step.train_fold_job` mappings (e.g. two single-thread jobs at a time,
+            as ``naslung run`` does with its ``train.parallel`` section); ``None``: one after another in this process.
 
     Returns:
         ``summary.json``'s content plus ``"skipped": bool``.
@@ -185,20 +190,24 @@ def run_evaluate_step(
         jobs.append((specs[0], cfg["attention_variant"]))
     jobs = list(dict.fromkeys(jobs))
 
-    runs: dict[tuple[str, str], VariantRun] = {}
-    for spec, variant in progress(jobs, total=len(jobs), desc="analysis networks"):
+    def setting(spec: str, variant: str) -> dict[str, Any]:
         slug = spec_slug(spec)
         base = cfg["train_config"] or (trained[slug].config() if slug in trained else None)
+        return {
+            "out_dir": layout.ablation_dir(spec, variant),
+            "base_config": base,
+            "train_overrides": dict(cfg["train_overrides"]),
+            "reuse_dir": layout.network_dir(slug),
+        }
+
+    if run_training_jobs is not None:
+        run_training_jobs(
+            [job for spec, v in jobs for job in variant_training_jobs(datalist, spec, v, folds, **setting(spec, v))]
+        )
+    runs: dict[tuple[str, str], VariantRun] = {}
+    for spec, variant in progress(jobs, total=len(jobs), desc="analysis networks"):
         runs[(spec, variant)] = train_variant(
-            datalist,
-            spec,
-            variant,
-            folds,
-            layout.ablation_dir(spec, variant),
-            base,
-            dict(cfg["train_overrides"]),
-            reuse_dir=layout.network_dir(slug),
-            show_progress=show_progress,
+            datalist, spec, variant, folds, **setting(spec, variant), show_progress=show_progress
         )
 
     summary: dict[str, Any] = {"specs": specs, "folds": folds, "analyses": analyses, "outputs": []}

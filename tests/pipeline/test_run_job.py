@@ -137,8 +137,9 @@ def test_parallel_retraining_runs_every_network_fold_job(tmp_path, monkeypatch):
 def test_evaluate_train_overrides_refine_the_train_section(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_evaluate(run_dir, overrides, progress):
+    def fake_evaluate(run_dir, overrides, progress, run_training_jobs):
         seen.update(overrides)
+        seen["runner"] = run_training_jobs
         return {"analyses": [], "specs": [], "outputs": []}
 
     monkeypatch.setattr(run_job, "run_evaluate_step", fake_evaluate)
@@ -149,6 +150,10 @@ def test_evaluate_train_overrides_refine_the_train_section(tmp_path, monkeypatch
     run_job._step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
     assert seen["train_overrides"] == {"lr": 0.002, "max_epochs": 2}  # lr kept, epochs refined, no step keys
     assert seen["folds"] == [0]
+    assert callable(seen["runner"])  # train.parallel also runs the analyses' trainings
+    settings["train"].pop("parallel")
+    run_job._step_evaluate(RunContext(run_dir=tmp_path, settings=settings))
+    assert seen["runner"] is None
 
 
 def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from naslung.pipeline.analysis.step import load_evaluate_config, run_evaluate_st
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.training.step import spec_slug, train_fold
+from naslung.pipeline.training.step import spec_slug, train_fold, train_fold_job
 
 TINY_SPEC = "[4,4,[4],[4],[4]]"
 TINY_TRAINING = {"arch": TINY_SPEC, "batch_size": 8, "val_fraction": 0.3, "seed": 3, "max_epochs": 1}
@@ -211,3 +213,23 @@ def test_evaluate_step_end_to_end(trained_run):
     stamp = (out / "ablation.csv").stat().st_mtime_ns
     assert run_evaluate_step(run, config=QUICK)["skipped"]
     assert (out / "ablation.csv").stat().st_mtime_ns == stamp
+
+
+def test_evaluate_step_hands_its_trainings_to_the_runner(trained_run, tmp_path):
+    """With ``run_training_jobs`` the step first hands over exactly the trainings it needs (not RUN/train's reused
+    setting), as train_fold jobs; it then only collects them, with the same rows as training them itself."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("analysis"))
+    handed: list[dict] = []
+
+    def runner(jobs: list[dict]) -> None:
+        handed.extend(jobs)
+        for job in jobs:
+            train_fold_job(job)
+
+    summary = run_evaluate_step(run, config=QUICK, run_training_jobs=runner)
+    assert [(job["test_fold"], job["overrides"]["loss_name"]) for job in handed] == [(1, "softmax")]
+    assert Path(handed[0]["out_dir"]) == run / "analysis" / "ablation" / spec_slug(TINY_SPEC) / "cbam"
+    rows = {r["variant"]: r for r in _csv(run / "analysis" / "ablation.csv") if r["spec"] == TINY_SPEC}
+    assert rows["cbam"]["reused"] == "False" and rows["cbam_angular"]["reused"] == "True"
+    assert summary["folds"] == [1] and not summary["skipped"]
