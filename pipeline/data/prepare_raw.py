@@ -34,15 +34,14 @@ import numpy as np
 
 from naslung.pipeline.atomic_io import append_jsonl, atomic_path, read_jsonl, write_csv, write_json
 from naslung.pipeline.data.datalists import MANIFEST_FIELD_ORDER
-from naslung.pipeline.data.scan_io import (
-    MHD_SUFFIXES,
-    ScanVolume,
+from naslung.pipeline.data.dicom_series import (
     is_dicom_file,
     list_dicom_series,
     read_dicom_series,
-    read_mhd,
     volume_from_dicom_datasets,
 )
+from naslung.pipeline.data.scan_io import read_mhd
+from naslung.pipeline.data.scan_volume import MHD_SUFFIXES, ScanVolume
 from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.progress import Progress, no_progress
 

@@ -11,15 +11,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from naslung.pipeline.data.scan_io import (
-    ScanVolume,
-    list_dicom_series,
-    read_dicom_series,
-    read_mhd,
-    read_nifti,
-    read_scan,
-    volume_from_dicom_datasets,
-)
+from naslung.pipeline.data.dicom_series import list_dicom_series, read_dicom_series, volume_from_dicom_datasets
+from naslung.pipeline.data.scan_io import read_mhd, read_nifti, read_scan
+from naslung.pipeline.data.scan_volume import ScanVolume
 from naslung.pipeline.errors import DataError
 
 
