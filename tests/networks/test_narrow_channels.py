@@ -23,8 +23,8 @@ from naslung.networks.blocks.narrow_channels import (
 
 CL = torch.channels_last_3d
 
-# [channels, spatial size, batch, momentum]
-BN_CASES = [[4, 32, 2, 0.1], [2, 32, 1, 0.1], [3, 32, 2, None], [4, 16, 8, 0.3]]
+# [channels, spatial size, batch, momentum]; momentum None is the cumulative average; 3 channels fall back
+BN_CASES = [[4, 32, 2, 0.1], [2, 32, 1, 0.1], [4, 32, 2, None], [3, 32, 2, 0.1], [4, 16, 8, 0.3]]
 
 
 def _pair(channels: int, momentum: float | None) -> tuple[nn.BatchNorm3d, nn.BatchNorm3d]:
