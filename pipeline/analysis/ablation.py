@@ -123,6 +123,16 @@ def _reusable(fold_dir: Path, datalist: Sequence[Mapping[str, Any]], fold: int, 
     return is_done(fold_dir, fingerprint(_comparable(merged), ids))
 
 
+def _reused_fold_dir(
+    reuse_dir: str | os.PathLike | None, datalist: Sequence[Mapping[str, Any]], fold: int, merged: Mapping[str, Any]
+) -> Path | None:
+    """``reuse_dir/fold_<k>`` when it holds a finished training of the ``merged`` setting on ``fold``'s split."""
+    if reuse_dir is None:
+        return None
+    candidate = Path(reuse_dir) / fold_dir_name(fold)
+    return candidate if _reusable(candidate, datalist, fold, merged) else None
+
+
 def _variant_setting(
     spec: str,
     variant: str,
@@ -157,15 +167,12 @@ def variant_training_jobs(
     collects. Same arguments as :func:`train_variant`.
     """
     base, overrides, merged = _variant_setting(spec, variant, base_config, train_overrides)
-    jobs = []
-    for fold in folds:
-        candidate = None if reuse_dir is None else Path(reuse_dir) / fold_dir_name(fold)
-        if candidate is None or not _reusable(candidate, datalist, fold, merged):
-            jobs.append(
-                {"datalist": list(datalist), "test_fold": fold, "out_dir": str(out_dir), "config": base,
-                 "overrides": overrides}
-            )  # fmt: skip
-    return jobs
+    return [
+        {"datalist": list(datalist), "test_fold": fold, "out_dir": str(out_dir), "config": base,
+         "overrides": overrides}
+        for fold in folds
+        if _reused_fold_dir(reuse_dir, datalist, fold, merged) is None
+    ]  # fmt: skip
 
 
 def train_variant(
@@ -203,8 +210,8 @@ def train_variant(
     base, overrides, merged = _variant_setting(spec, variant, base_config, train_overrides)
     run = VariantRun(spec, spec_slug(spec), variant, {}, {}, [])
     for fold in folds:
-        candidate = None if reuse_dir is None else Path(reuse_dir) / fold_dir_name(fold)
-        if candidate is not None and _reusable(candidate, datalist, fold, merged):
+        candidate = _reused_fold_dir(reuse_dir, datalist, fold, merged)
+        if candidate is not None:
             logger.info("%s %s fold %d: reusing %s", spec, variant, fold, candidate)
             metrics = json.loads((candidate / FOLD_METRICS).read_text(encoding="utf-8"))
             run.fold_dirs[fold], run.reused[fold] = candidate, True
