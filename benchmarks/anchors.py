@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.data.cohort import DEFAULT_COHORT_FILE, load_default_cohort, summarise_cohort
+from naslung.pipeline.data.cohort_table import DEFAULT_COHORT_FILE, load_default_cohort, summarise_cohort
 from naslung.pipeline.ensemble.reference_models import (
     DIAMETER_RULE,
     RATINGS_CEILING,

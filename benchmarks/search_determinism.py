@@ -35,7 +35,7 @@ KEPT = ("spec", "latency_ms", "auc", "f1", "accuracy", "best_epoch", "checkpoint
 
 def quick_data(root: Path) -> Path:
     """The quick profile's subsample of the embedded cohort, rendered into ``root`` (kept for reruns), no scans."""
-    from naslung.pipeline.data.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort_table import load_default_cohort
     from naslung.pipeline.data.embedded import render_embedded
     from naslung.pipeline.run_job import load_profile, subsample_cohort
 

@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from naslung.pipeline.atomic_io import write_json
-    from naslung.pipeline.data.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort_table import load_default_cohort
 
     rows = load_default_cohort()
     with tempfile.TemporaryDirectory() as tmp:

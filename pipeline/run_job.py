@@ -23,7 +23,7 @@ import numpy as np
 from naslung.pipeline.analysis.report import build_report
 from naslung.pipeline.analysis.step import run_evaluate_step
 from naslung.pipeline.atomic_io import write_json
-from naslung.pipeline.data.cohort import load_default_cohort
+from naslung.pipeline.data.cohort_table import load_default_cohort
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.data.embedded import COHORT_FILE, render_embedded, write_rendered_cohort
 from naslung.pipeline.data.prepare_raw import prepare_scans

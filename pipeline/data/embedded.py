@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
-from naslung.pipeline.data.cohort import load_default_cohort, write_cohort_csv
+from naslung.pipeline.data.cohort_table import load_default_cohort, write_cohort_csv
 from naslung.pipeline.data.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.data.scan_writers import write_dicom_series, write_mhd
 from naslung.pipeline.data.synthetic_ct import (
@@ -254,7 +254,7 @@ def render_embedded(
 
     Args:
         out_dir: the data set folder (created).
-        rows: cohort rows; None loads the default cohort (``naslung.pipeline.data.cohort.load_default_cohort``).
+        rows: cohort rows; None loads the default cohort (``naslung.pipeline.data.cohort_table.load_default_cohort``).
         n_scans: how many whole scans to write (series with the most nodules that fit the crop).
         seed: global seed of the renderer; the same seed gives the same bytes.
         workers: worker processes.

