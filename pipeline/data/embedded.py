@@ -37,13 +37,8 @@ from naslung.pipeline.atomic_io import atomic_path, write_csv, write_json
 from naslung.pipeline.data.cohort_table import load_default_cohort, write_cohort_csv
 from naslung.pipeline.data.datalists import MANIFEST_FIELD_ORDER
 from naslung.pipeline.data.scan_writers import write_dicom_series, write_mhd
-from naslung.pipeline.data.synthetic_ct import (
-    RENDER_VERSION,
-    nodule_spec,
-    render_nodule_region,
-    render_scan,
-    scan_geometry,
-)
+from naslung.pipeline.data.synthetic_ct import RENDER_VERSION, render_nodule_region, render_scan
+from naslung.pipeline.data.synthetic_spec import nodule_spec, scan_geometry
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress
 

@@ -7,15 +7,9 @@ import functools
 import numpy as np
 import pytest
 
-from naslung.pipeline.data.synthetic_ct import (
-    GROUND_GLASS_HU,
-    PARENCHYMA_HU,
-    consensus_mask,
-    nodule_spec,
-    render_nodule_region,
-    render_scan,
-    scan_geometry,
-)
+from naslung.pipeline.data.reader_contours import consensus_mask
+from naslung.pipeline.data.synthetic_ct import render_nodule_region, render_scan
+from naslung.pipeline.data.synthetic_spec import GROUND_GLASS_HU, PARENCHYMA_HU, nodule_spec, scan_geometry
 from naslung.pipeline.errors import DataError
 
 
