@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from naslung.pipeline.data import raw_scan_discovery
 from naslung.pipeline.data.datalists import read_manifest
-from naslung.pipeline.data.prepare_raw import CUBE_SIZE, PREPARE_MANIFEST_COLUMNS, REJECT_COLUMNS, prepare_scans
+from naslung.pipeline.data.prepare_raw import PREPARE_MANIFEST_COLUMNS, REJECT_COLUMNS, prepare_scans
+from naslung.pipeline.data.raw_nodule_cubes import CUBE_SIZE
 from naslung.pipeline.errors import ConfigError, DataError
 
 
@@ -103,11 +105,14 @@ def test_rerun_skips_unchanged_scans_and_redoes_changed_ones(tmp_path, dicom_tre
     manifest_before = (out / "manifest.csv").read_text(encoding="utf-8")
     rejects_before = (out / "rejects.csv").read_text(encoding="utf-8")
 
-    import naslung.pipeline.data.prepare_raw as prepare_raw
-
     reads = []
-    read_dicom_series = prepare_raw.read_dicom_series
-    monkeypatch.setattr(prepare_raw, "read_dicom_series", lambda *a, **k: reads.append(a) or read_dicom_series(*a, **k))
+    read_dicom_series = raw_scan_discovery.read_dicom_series
+
+    def recording(*args, **kwargs):
+        reads.append(args)
+        return read_dicom_series(*args, **kwargs)
+
+    monkeypatch.setattr(raw_scan_discovery, "read_dicom_series", recording)
     again = prepare_scans("dicom", data, out, cohort=cohort_csv)
     assert reads == []  # neither the good scan nor the rejected ones are read again
     assert (again.scans_read, again.scans_unchanged, again.cubes_written, again.cubes_kept) == (0, 1, 0, 2)
