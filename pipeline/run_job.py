@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import PROFILES, TRAIN_STEP_KEYS, check_profile, load_profile
 from naslung.pipeline.run.layout import CLASSIFIER_BUNDLE, ENSEMBLE_BUNDLE, RunLayout
-from naslung.pipeline.search.executors import make_executor, ray_available
+from naslung.pipeline.search.executors import make_executor, ray_available, shared_ray_instance
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.search.rank_correlation import write_rank_correlation
 from naslung.pipeline.search.runner import run_search_step
@@ -324,7 +325,9 @@ def _step_smoke(ctx: RunContext) -> str:
     bundles = ctx.layout.bundles()
     if not bundles:
         raise NaslungError(f"{ctx.layout.bundles_dir}: no bundle to check; run `naslung export-bundle`")
-    results = [smoke_test_bundle(bundle, ctx.data_dir) for bundle in bundles]  # every bundle, the ensemble too
+    # every bundle, the ensemble too, at once: each runs in its own process, mostly importing MONAI on one core
+    with ThreadPoolExecutor(max_workers=len(bundles)) as pool:
+        results = list(pool.map(lambda bundle: smoke_test_bundle(bundle, ctx.data_dir), bundles))
     status = "ok" if all(r.get("status") == "ok" for r in results) else "failed"
     write_json(ctx.layout.smoke, {"status": status, "bundles": results})
     return "inference bundles " + ", ".join(
@@ -366,17 +369,18 @@ def run_job(
         raise ConfigError(f"unknown step(s) {unknown}; steps: {names}")
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
-    for name, func in RUN_STEPS:
-        if steps and name not in steps:
-            continue
-        start = time.perf_counter()
-        try:
-            line = func(ctx)
-        except NaslungError as err:
-            raise type(err)(f"step {name!r} failed: {err}") from err
-        seconds = time.perf_counter() - start
-        timings[name] = round(seconds, 1)
-        ctx.summaries[name] = line
-        echo(f"[{name}] {line} ({seconds:.0f} s)")
-        write_json(ctx.layout.run_summary, {"steps": ctx.summaries, "seconds": timings})
+    with shared_ray_instance():  # search, train and evaluate share one local Ray instance
+        for name, func in RUN_STEPS:
+            if steps and name not in steps:
+                continue
+            start = time.perf_counter()
+            try:
+                line = func(ctx)
+            except NaslungError as err:
+                raise type(err)(f"step {name!r} failed: {err}") from err
+            seconds = time.perf_counter() - start
+            timings[name] = round(seconds, 1)
+            ctx.summaries[name] = line
+            echo(f"[{name}] {line} ({seconds:.0f} s)")
+            write_json(ctx.layout.run_summary, {"steps": ctx.summaries, "seconds": timings})
     return ctx.summaries

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "make_executor",
     "ray_available",
     "default_threads_per_trial",
+    "shared_ray_instance",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,28 @@ EXECUTORS = ("ray", "sequential")
 
 #: Object store of a local Ray instance in MiB: the search ships only small records and specs.
 LOCAL_OBJECT_STORE_MB = 256
+
+#: Open :func:`shared_ray_instance` blocks, and whether an executor inside one left its instance running.
+_shared = {"depth": 0, "left_running": False}
+
+
+@contextmanager
+def shared_ray_instance() -> Iterator[None]:
+    """Within the block, a Ray instance a :class:`RayExecutor` starts stays up for the executors after it (the steps
+    of ``naslung run``: starting and stopping a local instance takes ~5 s each time); it is shut down when the
+    outermost block ends. Nothing is started when no executor needs Ray."""
+    _shared["depth"] += 1
+    try:
+        yield
+    finally:
+        _shared["depth"] -= 1
+        if _shared["depth"] == 0 and _shared["left_running"]:
+            _shared["left_running"] = False
+            import ray  # optional dependency, imported only when an executor started it
+
+            if ray.is_initialized():
+                ray.shutdown()
+                logger.info("shut down the Ray instance shared by the steps")
 
 
 def ray_available() -> bool:
@@ -194,12 +218,16 @@ class RayExecutor:
         self.close()
 
     def close(self) -> None:
-        """Shut Ray down if this executor started or connected it."""
+        """Shut Ray down if this executor started or connected it, unless a :func:`shared_ray_instance` block keeps
+        it for the next executor."""
         if self._started:
+            self._started = False
+            if _shared["depth"]:
+                _shared["left_running"] = True
+                return
             import ray
 
             ray.shutdown()
-            self._started = False
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """Yield ``function(item)`` for each item as the trials finish (any order).

@@ -13,7 +13,13 @@ from cube_data import make_cubes
 
 from naslung.pipeline.errors import ConfigError, DataError, SearchError
 from naslung.pipeline.search import SearchSpace, candidate
-from naslung.pipeline.search.executors import RayExecutor, SequentialExecutor, make_executor, ray_available
+from naslung.pipeline.search.executors import (
+    RayExecutor,
+    SequentialExecutor,
+    make_executor,
+    ray_available,
+    shared_ray_instance,
+)
 from naslung.pipeline.search.runner import load_search_config, run_search_step, select_candidates
 
 TEST_FOLDS = [1]
@@ -235,6 +241,25 @@ def test_ray_search_writes_the_same_journal_and_keeps_finished_trials(tmp_path):
         "threads_per_trial": 1,
     }
     assert (tmp_path / "out" / "pareto.csv").is_file() and (tmp_path / "out" / "selected.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_shared_instance_outlives_its_executors_and_ends_with_the_block():
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with shared_ray_instance():
+        with RayExecutor(workers=2, threads_per_trial=1) as first:
+            assert sorted(first.map(functools.partial(operator.mul, 2), [1, 2])) == [2, 4]
+        assert ray.is_initialized()  # kept for the next step
+        node = ray.get_runtime_context().get_node_id()
+        with RayExecutor(workers=2, threads_per_trial=1) as second:
+            assert list(second.map(functools.partial(operator.mul, 3), [1])) == [3]
+            assert ray.get_runtime_context().get_node_id() == node  # the same instance, not a new one
+        assert ray.is_initialized()
+    assert not ray.is_initialized()
+    with shared_ray_instance():  # an outer block with no executor inside starts nothing
+        pass
+    assert not ray.is_initialized()
 
 
 def test_pareto_figure_plots_the_search_score(tmp_path):
