@@ -264,6 +264,11 @@ def _step_baselines(ctx: RunContext) -> str:
     overrides = _train_overrides(ctx)
     folds = overrides.pop("folds", [0, 1, 2, 3, 4])
     overrides = {**overrides, **settings.get("train", {})}  # the retrained networks' recipe, loss included
+    parallel = ctx.section("train").get("parallel")
+
+    def run_training_jobs(jobs: list[dict[str, Any]]) -> None:  # the baselines' (network, fold) jobs, as the retrain's
+        _run_jobs_in_parallel(ctx, jobs, parallel, desc="baseline jobs")
+
     results = train_baselines(
         read_manifest(ctx.layout.manifest),
         networks,
@@ -272,6 +277,7 @@ def _step_baselines(ctx: RunContext) -> str:
         overrides=overrides,
         show_progress=ctx.show_progress,
         progress=ctx.progress,
+        run_training_jobs=run_training_jobs if parallel else None,
     )
     f1 = ", ".join(f"{name} {r['summary'].get('f1_mean', float('nan')):.3f}" for name, r in results.items())
     return f"{len(results)} baselines on folds {folds}; test F1: {f1}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from naslung.pipeline.training.step import network_overrides, train_folds
 __all__ = [
     "BASELINES_DIR",
     "baseline_names",
+    "baseline_training_jobs",
     "train_baselines",
     "baseline_prediction_files",
     "baseline_records",
@@ -50,6 +51,39 @@ def baseline_names(networks: Sequence[str]) -> list[str]:
     return names
 
 
+def _baseline_overrides(name: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**(overrides or {}), **network_overrides(name)}
+
+
+def baseline_training_jobs(
+    datalist: Sequence[Mapping[str, Any]],
+    networks: Sequence[str],
+    folds: Sequence[int],
+    run_dir: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The trainings :func:`train_baselines` runs, as (network, fold) jobs for
+    :func:`naslung.pipeline.training.step.train_fold_job`: each writes only ``RUN/baselines/<name>/fold_<k>``.
+
+    Run them on an executor first (:func:`naslung.pipeline.training.jobs.run_fold_jobs`); :func:`train_baselines`
+    then finds them finished and only collects. Same arguments as :func:`train_baselines`.
+
+    Raises:
+        ConfigError: see :func:`baseline_names`.
+    """
+    layout = RunLayout(Path(run_dir))
+    return [
+        {
+            "datalist": list(datalist),
+            "test_fold": fold,
+            "out_dir": str(layout.baselines_dir / name),
+            "overrides": _baseline_overrides(name, overrides),
+        }
+        for name in baseline_names(networks)
+        for fold in folds
+    ]
+
+
 def train_baselines(
     datalist: Sequence[Mapping[str, Any]],
     networks: Sequence[str],
@@ -58,6 +92,7 @@ def train_baselines(
     overrides: Mapping[str, Any] | None = None,
     show_progress: bool = False,
     progress: Progress = no_progress,
+    run_training_jobs: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train each baseline on each held-out fold into ``RUN/baselines/<name>`` (resumable, as ``train_folds``).
 
@@ -70,6 +105,9 @@ def train_baselines(
             :func:`naslung.pipeline.training.step.network_overrides`).
         show_progress: attach the engines' progress bars.
         progress: wraps the loop over networks.
+        run_training_jobs: runs the (network, fold) trainings first, given as :func:`baseline_training_jobs`
+            (``naslung run`` passes its ``train.parallel`` executor, as for the retrain); ``None``: one after
+            another in this process.
 
     Returns:
         ``{name: cv_metrics}`` (:func:`naslung.pipeline.training.step.train_folds`'s result) per baseline.
@@ -77,13 +115,16 @@ def train_baselines(
     Raises:
         ConfigError: see :func:`baseline_names`.
     """
+    names = baseline_names(networks)
+    if run_training_jobs is not None:
+        run_training_jobs(baseline_training_jobs(datalist, names, folds, run_dir, overrides))
     results = {}
-    for name in progress(baseline_names(networks), desc="baselines"):
+    for name in progress(names, desc="baselines"):  # after run_training_jobs, only collects the finished folds
         results[name] = train_folds(
             datalist,
             list(folds),
             RunLayout(Path(run_dir)).baselines_dir / name,
-            overrides={**(overrides or {}), **network_overrides(name)},
+            overrides=_baseline_overrides(name, overrides),
             show_progress=show_progress,
         )
     return results

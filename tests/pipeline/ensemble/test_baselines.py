@@ -159,3 +159,33 @@ def test_gradcam_on_seresnet50():
     assert default_gradcam_layer(network) == "layer4"
     maps = gradcam_maps(network, torch.rand(1, 1, 32, 32, 32))
     assert maps.shape == (1, 32, 32, 32) and np.isfinite(maps).all() and (maps >= 0).all()
+
+
+def test_baselines_step_runs_its_network_fold_jobs_on_the_train_executor(cube_dir, tmp_path):
+    """Issue 15: with ``train.parallel`` the baselines' (network, fold) jobs go through the retrain's executor, each
+    into its own fold folder, and a second run redoes none of them."""
+    import shutil
+
+    from naslung.pipeline.ensemble.baselines import baseline_training_jobs
+    from naslung.pipeline.run_job import RunContext, run_job
+
+    run = tmp_path / "run"
+    shutil.copytree(cube_dir, run / "data")
+    jobs = baseline_training_jobs([], ["ResNet-18", "mc3_18"], [0, 1], run, {"lr": 0.1})
+    assert [(job["out_dir"], job["test_fold"]) for job in jobs] == [
+        (str(run / "baselines" / name), fold) for name in ("resnet18", "mc3_18") for fold in (0, 1)
+    ]
+    assert jobs[0]["overrides"] == {"lr": 0.1, **network_overrides("resnet18")}
+    settings = {
+        "train": {**ONE_STEP, "folds": [0, 1], "parallel": {"executor": "sequential", "threads_per_job": 1}},
+        "baselines": {"networks": ["resnet18"], "train": _narrow({"widen_factor": 0.125})},
+    }
+    ctx = RunContext(run_dir=run, settings=settings)
+    assert "1 baselines on folds [0, 1]" in run_job(ctx, ["baselines"])["baselines"]
+    folds = [run / "baselines" / "resnet18" / f"fold_{fold}" for fold in (0, 1)]
+    for fold_dir in folds:
+        assert (fold_dir / "done.json").is_file()
+    outputs = [p for fold_dir in folds for p in fold_dir.rglob("*") if p.is_file() and p.name != "job.log"]
+    stamps = {p: p.stat().st_mtime_ns for p in outputs}
+    run_job(ctx, ["baselines"])  # job.log only gains a line; the training outputs are not rewritten
+    assert {p: p.stat().st_mtime_ns for p in outputs} == stamps
