@@ -43,6 +43,7 @@ from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.search.rank_correlation import write_rank_correlation
 from naslung.pipeline.search.runner import run_search_step
 from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.training.jobs import run_fold_jobs
 from naslung.pipeline.training.step import train_fold_job, train_folds
 
 # PROFILES and load_profile live in naslung.pipeline.run.config; re-exported for the benchmarks that import them here
@@ -195,7 +196,9 @@ def _run_jobs_in_parallel(
     ``{"executor": "ray", "workers": 2, "threads_per_job": 1}`` runs two single-thread jobs at a time (Ray, or one
     after another when Ray is missing). Small 3D networks use a second torch thread poorly, so on a 2-core CPU two
     single-thread jobs train more cubes per second than one job with two threads. Each job writes only its own
-    fold folder; finished folds are skipped on a re-run.
+    fold folder and its log (``fold_<k>/job.log``); finished folds are skipped on a re-run. A failed job does not
+    stop the others: once they finish, :class:`~naslung.pipeline.training.jobs.TrainingJobsError` names each failed
+    job's network, fold and log, and the same command retries only those.
 
     The keys of ``parallel`` are checked with the profile (:data:`naslung.pipeline.run.config.PARALLEL_KEYS`).
     """
@@ -209,9 +212,8 @@ def _run_jobs_in_parallel(
         address=parallel.get("ray_address"),
         threads_per_trial=parallel.get("threads_per_job"),
     )
-    with executor:
-        for _ in ctx.progress(executor.map(train_fold_job, jobs), total=len(jobs), desc=desc):
-            pass
+    with executor:  # every job runs; the failed ones are then reported with their network, fold and log
+        run_fold_jobs(executor, jobs, function=train_fold_job, progress=ctx.progress, desc=desc)
 
 
 def _step_train(ctx: RunContext) -> str:

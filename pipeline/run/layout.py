@@ -17,6 +17,7 @@ and one fold folder (what :func:`naslung.pipeline.training.step.train_fold` writ
 
     fold_<k>/checkpoints/best_model.pt, config.json, metrics.json, history.jsonl,
              val_predictions.csv, test_predictions.csv, done.json
+             job.log          (when the fold ran as an executor's job: its log and, if it failed, the traceback)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "VAL_PREDICTIONS",
     "TEST_PREDICTIONS",
     "CV_METRICS",
+    "JOB_LOG",
     "ALL_FOLDS_DIR",
     "CLASSIFIER_BUNDLE",
     "ENSEMBLE_BUNDLE",
@@ -77,6 +79,8 @@ VAL_PREDICTIONS = "val_predictions.csv"
 TEST_PREDICTIONS = "test_predictions.csv"
 #: A network folder's test metrics per fold, mean ± std.
 CV_METRICS = "cv_metrics.json"
+#: A fold folder's log when it trained as an executor's (network, fold) job, with the traceback if the job failed.
+JOB_LOG = "job.log"
 #: The fold folder of a network trained without a test fold.
 ALL_FOLDS_DIR = "all"
 #: Folder names of the bundles under ``RUN/bundles``.

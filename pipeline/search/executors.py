@@ -76,6 +76,8 @@ def default_threads_per_trial(workers: int, cpus: int | None = None) -> int:
 def _describe(item: Any) -> str:
     from naslung.pipeline.search.space import arch_to_text
 
+    if isinstance(item, dict) and {"out_dir", "test_fold"} <= set(item):  # a (network, fold) training job
+        return f"{os.path.basename(str(item['out_dir']))} fold {item['test_fold']}"
     try:
         return arch_to_text(item)
     except Exception:  # noqa: BLE001 - only for messages

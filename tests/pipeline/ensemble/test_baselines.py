@@ -163,7 +163,7 @@ def test_gradcam_on_seresnet50():
 
 def test_baselines_step_runs_its_network_fold_jobs_on_the_train_executor(cube_dir, tmp_path):
     """Issue 15: with ``train.parallel`` the baselines' (network, fold) jobs go through the retrain's executor, each
-    into its own fold folder, and a second run redoes none of them."""
+    into its own fold folder (with its ``job.log``), and a second run redoes none of them."""
     import shutil
 
     from naslung.pipeline.ensemble.baselines import baseline_training_jobs
@@ -184,7 +184,7 @@ def test_baselines_step_runs_its_network_fold_jobs_on_the_train_executor(cube_di
     assert "1 baselines on folds [0, 1]" in run_job(ctx, ["baselines"])["baselines"]
     folds = [run / "baselines" / "resnet18" / f"fold_{fold}" for fold in (0, 1)]
     for fold_dir in folds:
-        assert (fold_dir / "done.json").is_file()
+        assert (fold_dir / "done.json").is_file() and "started" in (fold_dir / "job.log").read_text(encoding="utf-8")
     outputs = [p for fold_dir in folds for p in fold_dir.rglob("*") if p.is_file() and p.name != "job.log"]
     stamps = {p: p.stat().st_mtime_ns for p in outputs}
     run_job(ctx, ["baselines"])  # job.log only gains a line; the training outputs are not rewritten
