@@ -50,6 +50,12 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--val_folds", default="8,9")
 p.add_argument("--ema", type=float, default=0.0)  # >0: also score an exponential moving average of the weights
 p.add_argument("--tta", type=int, default=0)  # 1: also score the mean probability over the 8 flips
+p.add_argument("--swa_from", type=int, default=0)  # >0: also score the equal average of the weights at the end of
+# epochs swa_from..current, batch-norm statistics recomputed over the training cubes (torch.optim.swa_utils)
+p.add_argument("--sel_fraction", type=float, default=0.0)  # >0: hold this fraction of the training folds out as a
+# selection set (as the pipeline's val_fraction) and report the val AUC of the epoch it picks against the last epoch's
+p.add_argument("--beta1", type=float, default=0.5)
+p.add_argument("--snap_from", type=int, default=0)  # >0: also score the mean probability of epochs snap_from..current
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -63,6 +69,11 @@ folds = np.array([int(r["fold"]) for r in rows])
 diam = np.array([float(r["diameter_mm"]) for r in rows])
 tr = np.where(~np.isin(folds, list(vf)))[0]
 va = np.where(np.isin(folds, list(vf)))[0]
+sel = np.array([], dtype=int)
+if a.sel_fraction > 0:
+    shuffled = np.random.default_rng(1000 + a.seed).permutation(tr)
+    sel = np.sort(shuffled[: int(round(a.sel_fraction * len(tr)))])
+    tr = np.sort(shuffled[len(sel) :])
 X = torch.from_numpy(cubes)[:, None]
 Y = torch.from_numpy(labels)
 # diameter rule on val
@@ -81,9 +92,9 @@ if a.loss == "asoftmax" and a.lam_frac > 0:
 loss_fn = build_loss(a.loss, **kw)
 if a.opt == "adam":
     opt = (
-        torch.optim.AdamW(net.parameters(), a.lr, betas=(0.9, 0.999), weight_decay=a.wd)
+        torch.optim.AdamW(net.parameters(), a.lr, betas=(a.beta1, 0.999), weight_decay=a.wd)
         if a.wd
-        else torch.optim.Adam(net.parameters(), a.lr, betas=(0.5, 0.999))
+        else torch.optim.Adam(net.parameters(), a.lr, betas=(a.beta1, 0.999))
     )
 else:
     opt = torch.optim.SGD(net.parameters(), a.lr, momentum=0.9, weight_decay=a.wd, nesterov=True)
@@ -123,13 +134,22 @@ if a.ema > 0:
 FLIPS = [()] if not a.tta else [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
 
 
-def evaluate(model=None, prefix="val", flips=((),)):
+swa = None
+if a.swa_from > 0:
+    from torch.optim.swa_utils import AveragedModel, update_bn
+
+    swa = AveragedModel(net)
+snapshots: list[np.ndarray] = []
+
+
+def evaluate(model=None, prefix="val", flips=((),), index=None):
     model = model or net
+    index = va if index is None else index
     model.eval()
     probs = []
     with torch.no_grad():
-        for s in range(0, len(va), 64):
-            xb = X[va[s : s + 64]]
+        for s in range(0, len(index), 64):
+            xb = X[index[s : s + 64]]
             pb = 0
             for f in flips:
                 xf = (xb.flip(f) if f else xb).contiguous(memory_format=torch.channels_last_3d)
@@ -137,9 +157,11 @@ def evaluate(model=None, prefix="val", flips=((),)):
             probs.append(pb / len(flips))
     model.train()
     pr = torch.cat(probs).numpy()
+    if prefix == "val":
+        snapshots.append(pr)
     return {
-        f"{prefix}_acc": float(((pr > 0.5) == labels[va]).mean()),
-        f"{prefix}_auc": float(roc_auc_score(labels[va], pr)),
+        f"{prefix}_acc": float(((pr > 0.5) == labels[index]).mean()),
+        f"{prefix}_auc": float(roc_auc_score(labels[index], pr)),
         f"{prefix}_pos_rate": float((pr > 0.5).mean()),
     }
 
@@ -172,12 +194,22 @@ for ep in range(a.epochs):
             ema.update_parameters(net)
         losses.append(float(loss.detach()))
     m = evaluate()
+    if len(sel):
+        m.update(evaluate(prefix="sel", index=sel))
     if a.tta:
         m.update(evaluate(prefix="tta", flips=FLIPS))
     if ema is not None:
         m.update(evaluate(ema.module, prefix="ema"))
         if a.tta:
             m.update(evaluate(ema.module, prefix="ematta", flips=FLIPS))
+    if a.snap_from and ep + 1 >= a.snap_from:
+        pr = np.mean(snapshots[a.snap_from - 1 :], axis=0)
+        m.update(snap_acc=float(((pr > 0.5) == labels[va]).mean()), snap_auc=float(roc_auc_score(labels[va], pr)))
+    if swa is not None and ep + 1 >= a.swa_from:
+        swa.update_parameters(net)
+        plain = [(X[tr[s : s + 64]].contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)]
+        update_bn(plain, swa)
+        m.update(evaluate(swa.module, prefix="swa"))
     m.update(
         epoch=ep + 1,
         loss=float(np.mean(losses)),
@@ -202,6 +234,17 @@ res = {
         if k.endswith(("_auc", "_acc")) and not k.startswith("val_")
     },
 }
+if len(sel):
+    first = math.ceil(0.5 * a.epochs)  # the pipeline's checkpoint_from_fraction 0.5
+    picked = max(hist[first - 1 :], key=lambda h: h["sel_auc"])
+    res.update(
+        n_sel=len(sel),
+        selected_epoch=picked["epoch"],
+        selected_val_auc=picked["val_auc"],
+        selected_val_acc=picked["val_acc"],
+        last_val_auc=hist[-1]["val_auc"],
+        last_val_acc=hist[-1]["val_acc"],
+    )
 out = Path(__file__).resolve().parents[1] / "results" / "recipe" / f"{a.name}.json"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(res, indent=1), encoding="utf-8")
