@@ -15,7 +15,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from naslung.networks.errors import ConfigError
 
-__all__ = ["CostProfile", "count_parameters", "count_macs", "measure_latency_ms", "fixed_threads", "profile"]
+__all__ = [
+    "LATENCY_STATISTICS",
+    "CostProfile",
+    "count_parameters",
+    "count_macs",
+    "measure_latency_ms",
+    "fixed_threads",
+    "profile",
+]
+
+LATENCY_STATISTICS = ("median", "min")
+"""How :func:`measure_latency_ms` summarises its timed calls."""
 
 
 @dataclass(frozen=True)
@@ -25,8 +36,9 @@ class CostProfile:
     Attributes:
         parameters: number of parameters.
         macs_per_nodule: multiply-accumulates of one forward pass on one nodule (conv and matmul only).
-        latency_ms_per_nodule: median wall time per nodule at batch 1, in ms.
-        large_batch_latency_ms_per_nodule: median wall time of a batch of ``large_batch``, divided by it, in ms.
+        latency_ms_per_nodule: median (or least, :func:`profile`'s ``statistic``) wall time per nodule at batch 1,
+            in ms.
+        large_batch_latency_ms_per_nodule: the same of a batch of ``large_batch``, divided by it, in ms.
         large_batch: size of the large batch.
         device: where latency was measured, e.g. ``"cpu"`` or ``"cuda:0"``.
         num_threads: CPU threads torch used while timing.
@@ -103,8 +115,10 @@ def measure_latency_ms(
     example: torch.Tensor,
     warmup: int = 5,
     repeats: int = 20,
+    statistic: str = "median",
 ) -> float:
-    """Median wall time in ms of ``run(example)`` after ``warmup`` untimed calls, under ``torch.inference_mode``.
+    """Median (or least) wall time in ms of ``run(example)`` after ``warmup`` untimed calls, under
+    ``torch.inference_mode``.
 
     On CUDA the device is synchronised before starting and after each call, so the time covers the kernels.
 
@@ -112,10 +126,15 @@ def measure_latency_ms(
         run: the callable to time (a module, a TorchScript module, an ONNX Runtime runner).
         example: its input, already on the device.
         warmup: untimed calls first (allocator, autotuning, lazy initialisation).
-        repeats: timed calls; the median is returned.
+        repeats: timed calls.
+        statistic: ``"median"`` of the timed calls (what a user sees on average), or ``"min"``: the least, which
+            other work on the machine can only raise (on this project's 2-core machine a single-thread call takes
+            twice as long while the other core is busy), so it ranks networks the same way whatever else runs.
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"measure_latency_ms: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}.")
+    if statistic not in LATENCY_STATISTICS:
+        raise ConfigError(f"measure_latency_ms: statistic must be one of {LATENCY_STATISTICS}, got {statistic!r}.")
     cuda = example.device.type == "cuda"
 
     def synchronise() -> None:
@@ -132,7 +151,7 @@ def measure_latency_ms(
             run(example)
             synchronise()
             timings.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(timings)
+    return 1e3 * (min(timings) if statistic == "min" else statistics.median(timings))
 
 
 def profile(
@@ -144,12 +163,13 @@ def profile(
     repeats: int = 20,
     num_threads: int | None = 1,
     seed: int = 0,
+    statistic: str = "median",
 ) -> CostProfile:
     """Parameters, MACs per nodule and latency per nodule of ``model`` in eval mode (eager PyTorch).
 
-    Latency is measured at batch 1 and at ``large_batch``: ``warmup`` untimed runs, then the median of ``repeats``
-    timed runs (:func:`measure_latency_ms`), with torch's CPU threads fixed to ``num_threads`` and CUDA
-    synchronised on GPU. MACs are counted as in :func:`count_macs`.
+    Latency is measured at batch 1 and at ``large_batch``: ``warmup`` untimed runs, then the median (or least, see
+    ``statistic``) of ``repeats`` timed runs (:func:`measure_latency_ms`), with torch's CPU threads fixed to
+    ``num_threads`` and CUDA synchronised on GPU. MACs are counted as in :func:`count_macs`.
 
     Args:
         model: the network; it is moved to ``device`` and put in eval mode for the measurement, then its training
@@ -162,6 +182,7 @@ def profile(
         num_threads: CPU threads during timing (``None``: torch's current setting). One thread by default, so
             candidates are ranked without interference between cores.
         seed: seed of the random input.
+        statistic: ``"median"`` or ``"min"`` of the timed runs, see :func:`measure_latency_ms`.
 
     Returns:
         A :class:`CostProfile`.
@@ -180,8 +201,10 @@ def profile(
             macs = count_macs(model, shape, device)
             single = torch.rand((1, *shape), generator=generator).to(device)
             batch = torch.rand((large_batch, *shape), generator=generator).to(device)
-            ms_single = measure_latency_ms(model, single, warmup=warmup, repeats=repeats)
-            ms_batch = measure_latency_ms(model, batch, warmup=max(1, warmup // 2), repeats=max(1, repeats // 2))
+            ms_single = measure_latency_ms(model, single, warmup=warmup, repeats=repeats, statistic=statistic)
+            ms_batch = measure_latency_ms(
+                model, batch, warmup=max(1, warmup // 2), repeats=max(1, repeats // 2), statistic=statistic
+            )
     finally:
         model.train(was_training)
     return CostProfile(

@@ -311,7 +311,9 @@ class CandidateProfiler:
             paper's "inference speed" per nodule; larger: throughput latency per nodule).
         num_threads: CPU threads while timing (``None``: leave torch's setting).
         warmup: untimed runs before timing.
-        repeats: timed runs (the median is kept).
+        repeats: timed runs; the least is kept. Here a single-thread call takes about twice as long while the other
+            core is busy (a Ray worker starting or finishing a trial), and the median then ranks candidates by when
+            they were timed rather than by what they cost; other work can only raise the least.
         input_shape: one nodule's shape (C, D, H, W).
         known: latencies measured before (``{spec: ms}``, e.g. the journal's sidecar), reused as they are.
         table: the machine's :class:`~naslung.pipeline.search.latency_table.LatencyTable`: a candidate found there
@@ -381,6 +383,7 @@ class CandidateProfiler:
                 warmup=self.warmup,
                 repeats=self.repeats,
                 num_threads=self.num_threads,
+                statistic="min",
             )
             logger.debug("profiled %s: %s", text, self.profiles[text])
         return self.profiles[text]

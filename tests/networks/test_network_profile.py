@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from naslung.networks import CBAMResNet3D, CostProfile, count_macs, count_parameters, fixed_threads, profile
+from naslung.networks.profile import measure_latency_ms
 from naslung.pipeline.errors import ConfigError
 
 MAC_CASES = [  # module, one-nodule input shape, MACs by hand
@@ -49,3 +52,30 @@ def test_bad_arguments():
         profile(net, (1, 4, 4, 4), large_batch=0)
     with pytest.raises(ConfigError), fixed_threads(0):
         pass
+
+
+class _Stalls:
+    """A callable whose calls take ``pattern`` seconds in turn (a slow call every so often, as while another
+    process holds the second core)."""
+
+    def __init__(self, pattern):
+        self.pattern, self.calls = list(pattern), 0
+
+    def __call__(self, _x):
+        seconds = self.pattern[self.calls % len(self.pattern)]
+        self.calls += 1
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+
+def test_least_time_ignores_the_stalls_the_median_reports():
+    example = torch.zeros(1)
+    pattern = [0.002, 0.012, 0.012]  # two of three calls stalled
+    median = measure_latency_ms(_Stalls(pattern), example, warmup=0, repeats=6)
+    least = measure_latency_ms(_Stalls(pattern), example, warmup=0, repeats=6, statistic="min")
+    assert median >= 11.0 and 1.9 <= least < 5.0
+    with pytest.raises(ConfigError, match="statistic"):
+        measure_latency_ms(_Stalls([0.0]), example, repeats=1, statistic="mean")
+    cost = profile(torch.nn.Conv3d(1, 1, 1), (1, 4, 4, 4), large_batch=2, warmup=0, repeats=3, statistic="min")
+    assert 0 < cost.latency_ms_per_nodule < 1000
