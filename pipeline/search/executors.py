@@ -126,6 +126,13 @@ def _run_trial(function: Callable[[Any], Any], item: Any, num_threads: int) -> A
     return function(item)
 
 
+def _run_trial_on_node(function: Callable[[Any], Any], item: Any, num_threads: int) -> tuple[str, Any]:
+    """:func:`_run_trial`, returning also the id of the Ray node that ran it: ``(node_id, result)``."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), _run_trial(function, item, num_threads)
+
+
 class RayExecutor:
     """Runs items as Ray tasks, at most ``workers`` at a time, each with ``threads_per_trial`` torch threads.
 
@@ -137,6 +144,9 @@ class RayExecutor:
 
     A failing trial does not stop the others: the finished ones are still yielded (and journaled), then the first
     failure is raised as a :class:`~naslung.pipeline.errors.SearchError`.
+
+    Each finished trial is counted against the Ray node that ran it (:attr:`trials_per_node`, also in
+    :meth:`describe`), so a run record shows how the work spread over a cluster.
 
     Args:
         workers: trials running at once (``None``: the cluster's CPUs // ``threads_per_trial``).
@@ -169,6 +179,8 @@ class RayExecutor:
         self.object_store_mb = int(object_store_mb)
         self._started = False
         self._remote: Any = None
+        #: Finished trials per Ray node id, counted by :meth:`map`.
+        self.trials_per_node: dict[str, int] = {}
 
     def __enter__(self) -> RayExecutor:
         import ray
@@ -205,7 +217,7 @@ class RayExecutor:
             self.gpus_per_trial = min(1.0, cluster_gpus / self.workers) if cluster_gpus > 0 else 0.0
         if self.gpus_per_trial > 0 and cluster_gpus == 0:
             raise ConfigError(f"gpus_per_trial={self.gpus_per_trial} but the Ray cluster has no GPU; set it to 0")
-        self._remote = ray.remote(_run_trial).options(
+        self._remote = ray.remote(_run_trial_on_node).options(
             num_cpus=self.threads_per_trial, num_gpus=self.gpus_per_trial, max_retries=0
         )
         logger.info(
@@ -253,11 +265,12 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 item = pending.pop(ready[0])
                 try:
-                    result = ray.get(ready[0])
+                    node, result = ray.get(ready[0])
                 except Exception as err:  # noqa: BLE001 - Ray wraps the trial's exception
                     logger.error("trial %s failed: %s", _describe(item), err)
                     failures.append((item, err))
                     continue
+                self.trials_per_node[node] = self.trials_per_node.get(node, 0) + 1
                 yield result
         finally:
             for ref in pending:
@@ -276,6 +289,7 @@ class RayExecutor:
             "workers": self.workers,
             "threads_per_trial": self.threads_per_trial,
             "gpus_per_trial": self.gpus_per_trial,
+            "trials_per_node": dict(self.trials_per_node),
         }
 
 
