@@ -126,6 +126,11 @@ def _run_trial(function: Callable[[Any], Any], item: Any, num_threads: int) -> A
     return function(item)
 
 
+def _ready(_item: Any) -> None:
+    """A trial that does nothing: running one per worker starts the workers."""
+    return None
+
+
 def _run_trial_on_node(function: Callable[[Any], Any], item: Any, num_threads: int) -> tuple[str, Any]:
     """:func:`_run_trial`, returning also the id of the Ray node that ran it: ``(node_id, result)``."""
     import ray
@@ -220,6 +225,10 @@ class RayExecutor:
         self._remote = ray.remote(_run_trial_on_node).options(
             num_cpus=self.threads_per_trial, num_gpus=self.gpus_per_trial, max_retries=0
         )
+        # Start the workers now rather than beside the first trials: each imports torch and naslung (a few seconds
+        # of CPU), and the search times candidates in this process, where a single-thread call takes twice as long
+        # while another core works.
+        ray.get([self._remote.remote(_ready, None, 1) for _ in range(self.workers or 1)])
         logger.info(
             "Ray executor: %d workers, %d threads and %.2f GPU per trial",
             self.workers,
