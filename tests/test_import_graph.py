@@ -3,8 +3,9 @@ every import at any depth: module level, inside ``if``/``try`` blocks and inside
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from import_graph import imported_names, module_files
 
 import naslung.bundles.runtime
 import naslung.networks
@@ -20,33 +21,11 @@ PACKAGES = [
 ]
 
 
-def _modules() -> dict[str, Path]:
-    """``{dotted module name: source file}``; a package is named by its ``__init__.py``."""
-    found = {}
-    for package, folder in PACKAGES:
-        for path in sorted(folder.rglob("*.py")):
-            parts = [*package.split("."), *path.relative_to(folder).with_suffix("").parts]
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
 def _imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The known modules ``module`` imports: ``from pkg import name`` counts as ``pkg.name`` when that is a module,
-    else as ``pkg``; an unknown dotted name counts as its longest known prefix."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            names.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names)
+    """The known modules ``module`` imports: each imported name counts as its longest known prefix (``from pkg
+    import name`` is ``pkg.name`` when that is a module, else ``pkg``)."""
     resolved = set()
-    for name in names:
+    for name in imported_names(module, path):
         while name and name not in known:
             name = name.rpartition(".")[0]
         if name and name != module:
@@ -97,7 +76,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle_among_our_modules():
-    known = _modules()
+    known = module_files(PACKAGES)
     assert len(known) > 100  # the walk found the packages' modules
     graph = {module: _imported(module, path, known) for module, path in known.items()}
     assert sum(len(edges) for edges in graph.values()) > 300  # and their imports of each other

@@ -3,10 +3,10 @@ one error hierarchy is shared by every layer."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from import_graph import imported_names, module_files
 
 import naslung.bundles.runtime
 import naslung.networks
@@ -22,38 +22,12 @@ FLOOR_PACKAGES = [
 ]
 
 
-def _module_name(package: str, folder: Path, path: Path) -> str:
-    parts = [*package.split("."), *path.relative_to(folder).with_suffix("").parts]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(module: str, path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth (function-local imports too), relative ones resolved."""
-    is_package = path.name == "__init__.py"
-    package = module if is_package else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
-
-
 def _floor_graph() -> dict[str, set[str]]:
     """``{module: naslung modules it imports}`` for every module of the floor packages."""
-    graph = {}
-    for package, folder in FLOOR_PACKAGES:
-        for path in sorted(folder.rglob("*.py")):
-            module = _module_name(package, folder, path)
-            graph[module] = {name for name in _imports(module, path) if name.split(".")[0] == "naslung"}
-    return graph
+    return {
+        module: {name for name in imported_names(module, path) if name.split(".")[0] == "naslung"}
+        for module, path in module_files(FLOOR_PACKAGES).items()
+    }
 
 
 def test_floor_modules_import_nothing_from_the_pipeline():
