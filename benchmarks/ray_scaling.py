@@ -1,7 +1,8 @@
 """How the search and the retrain step scale with Ray workers, side by side in one run, at realistic sizes.
 
-Run: ``python benchmarks/ray_scaling.py --data RUN/data [--candidates 4] [--jobs 4] [--epochs 1]``
-(``RUN/data`` from ``naslung prepare embedded`` or a run's ``data/``: the whole embedded cohort, 1,013 cubes).
+Run: ``python benchmarks/ray_scaling.py [--data RUN/data] [--candidates 4] [--jobs 4] [--epochs 1]``
+(``RUN/data`` from ``naslung prepare embedded`` or a run's ``data/``: the whole embedded cohort, 1,013 cubes; without
+``--data`` the cohort is rendered into the scratch folder first, about a minute).
 
 Two workloads, each under three executors:
 
@@ -33,6 +34,7 @@ import torch
 
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.data.datalists import read_manifest
+from naslung.pipeline.data.embedded import render_embedded
 from naslung.pipeline.search.executors import make_executor, ray_available
 from naslung.pipeline.search.runner import run_search_step
 from naslung.pipeline.training.jobs import run_fold_jobs
@@ -109,21 +111,25 @@ def retrain_rate(data: Path, out: Path, kind: str, workers: int, threads: int, j
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="prepared data folder with manifest.csv (the embedded cohort)")
+    parser.add_argument("--data", help="prepared data folder with manifest.csv (default: render the embedded cohort)")
     parser.add_argument("--candidates", type=int, default=4, help="candidates of each search")
     parser.add_argument("--jobs", type=int, default=4, help="(network, fold) jobs of each retrain")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per candidate and per job")
     parser.add_argument("--out", help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
-    data = Path(args.data)
-    if not (data / "manifest.csv").is_file():
-        parser.error(f"{data / 'manifest.csv'} not found: prepare the embedded data first (naslung prepare embedded)")
+    if args.data and not (Path(args.data) / "manifest.csv").is_file():
+        parser.error(f"{Path(args.data) / 'manifest.csv'} not found: prepare it with `naslung prepare embedded`")
     if not ray_available():
         parser.error("Ray is not installed: pip install 'naslung[ray]'")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     results: dict[str, Any] = {"args": vars(args), "cores": os.cpu_count(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="naslung_ray_scaling_") as tmp:
         root = Path(args.out) if args.out else Path(tmp)
+        data = Path(args.data) if args.data else root / "data"
+        if not args.data:
+            start = time.perf_counter()
+            render_embedded(data, n_scans=0)
+            print(f"rendered the embedded cohort into {data} in {time.perf_counter() - start:.0f} s", flush=True)
         for workload, measure, count in (
             ("search", search_rate, args.candidates),
             ("retrain", retrain_rate, args.jobs),

@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 
 #: The benchmarks of this folder (``<name>.py``), in the order they run.
-BENCHMARKS = ("prepare", "latency", "train_step", "search", "anchors", "search_determinism", "signal_probe")
+BENCHMARKS = (
+    "prepare",
+    "latency",
+    "train_step",
+    "search",
+    "ray_scaling",
+    "anchors",
+    "search_determinism",
+    "signal_probe",
+)
 #: Lines of any benchmark that state a ratio or a goal.
 HEADLINE = re.compile(r"\banchor\b|goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
 #: A benchmark's own headline lines, where its result is not a ratio.
