@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from naslung.pipeline.ensemble.step import ENSEMBLE_OUTPUTS, run_ensemble_step
+from naslung.pipeline.metrics import BINARY_METRICS
+from naslung.pipeline.progress import no_progress, tqdm_progress
+
 __all__ = ["add_parser", "run"]
 
 
@@ -44,10 +48,6 @@ def _pct(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.ensemble.step import ENSEMBLE_OUTPUTS, run_ensemble_step
-    from naslung.pipeline.metrics import BINARY_METRICS
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-
     result = run_ensemble_step(
         args.run,
         members=args.members,

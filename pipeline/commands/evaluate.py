@@ -6,7 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
+from naslung.pipeline.analysis.step import run_evaluate_step
 from naslung.pipeline.commands.overrides import add_config_arguments, parse_overrides
+from naslung.pipeline.progress import no_progress, tqdm_progress
 
 __all__ = ["add_parser", "run"]
 
@@ -31,9 +33,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.analysis.step import run_evaluate_step
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-
     summary = run_evaluate_step(
         args.run,
         config=args.config,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from naslung.pipeline.export.step import export_bundle
+from naslung.pipeline.progress import no_progress, tqdm_progress
+
 __all__ = ["add_parser", "run"]
 
 
@@ -38,9 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.export.step import export_bundle
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-
     quiet = getattr(args, "quiet", False)
     summary = export_bundle(
         args.run,

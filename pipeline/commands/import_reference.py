@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from naslung.pipeline.training.reference_import import import_reference
 
 __all__ = ["add_parser", "run"]
 
@@ -40,10 +43,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from naslung.pipeline.training.reference_import import import_reference
-
     result = import_reference(args.weights, args.arch, args.out, allow_pickle=args.allow_pickle)
     print(f"imported {result.spec} ({result.parameters:,} parameters, {result.source_format}) into {result.fold_dir}")
     print(f"  weights: {result.weights}")

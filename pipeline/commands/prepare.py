@@ -8,7 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naslung.pipeline.data.cohort import regenerate_default_cohort, write_default_or_derived_cohort
+from naslung.pipeline.data.embedded import render_embedded
+from naslung.pipeline.data.prepare_raw import prepare_scans
 from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.progress import no_progress, tqdm_progress
 
 __all__ = ["add_parser"]
 
@@ -59,8 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-
     return no_progress if getattr(args, "quiet", False) else tqdm_progress
 
 
@@ -77,8 +79,6 @@ def _print_cohort_counts(rows: Sequence[Mapping[str, Any]], path: Path, derived:
 
 def run_cohort(args: argparse.Namespace) -> int:
     """``prepare cohort``: write DIR/cohort.csv (the packaged one unless the rules differ or --regenerate)."""
-    from naslung.pipeline.data.cohort import regenerate_default_cohort, write_default_or_derived_cohort
-
     if args.update_package:
         if args.min_readers is not None or args.max_slice_thickness is not None or args.luna16_subsets:
             raise ConfigError("--update-package rebuilds the default cohort: give no rule options with it")
@@ -103,8 +103,6 @@ def run_cohort(args: argparse.Namespace) -> int:
 
 def run_embedded(args: argparse.Namespace) -> int:
     """``prepare embedded``: render the synthetic default data set."""
-    from naslung.pipeline.data.embedded import render_embedded
-
     summary = render_embedded(
         args.out, n_scans=args.scans, seed=args.seed, workers=args.workers, progress=_progress(args)
     )
@@ -119,8 +117,6 @@ def run_embedded(args: argparse.Namespace) -> int:
 
 def run_scans(args: argparse.Namespace) -> int:
     """``prepare lidc|luna16|dicom``: cut cubes from raw scans."""
-    from naslung.pipeline.data.prepare_raw import prepare_scans
-
     summary = prepare_scans(
         args.kind,
         args.data,

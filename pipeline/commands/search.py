@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 
 from naslung.pipeline.commands.overrides import add_config_arguments, parse_overrides
+from naslung.pipeline.progress import no_progress, tqdm_progress
+from naslung.pipeline.search.runner import load_search_config, run_search_step, search_space_from_config
 
 __all__ = ["add_parser", "run"]
 
@@ -38,9 +40,6 @@ def _number(value: object, digits: int = 4) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.progress import no_progress, tqdm_progress
-    from naslung.pipeline.search.runner import load_search_config, run_search_step, search_space_from_config
-
     overrides = parse_overrides(args.overrides)
     if args.strategy:
         overrides["strategy"] = args.strategy

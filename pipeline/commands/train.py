@@ -6,15 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from naslung.networks import NETWORKS
 from naslung.pipeline.commands.overrides import add_config_arguments, parse_overrides
+from naslung.pipeline.data.datalists import read_manifest
+from naslung.pipeline.training.step import load_train_config, network_overrides, train_folds
 
 __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``naslung train``."""
-    from naslung.networks import NETWORKS
-
     parser = subparsers.add_parser("train", help="train a network on one or more held-out folds")
     parser.add_argument("--data", required=True, help="folder with manifest.csv (from `naslung prepare`)")
     parser.add_argument("--out", required=True, help="run directory of this network")
@@ -31,9 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from naslung.pipeline.data.datalists import read_manifest
-    from naslung.pipeline.training.step import load_train_config, network_overrides, train_folds
-
     overrides = parse_overrides(args.overrides)
     overrides.update(network_overrides(args.network, args.arch))
     merged = load_train_config(args.config, overrides)

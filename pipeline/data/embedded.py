@@ -41,6 +41,7 @@ from naslung.pipeline.data.synthetic_ct import RENDER_VERSION, render_nodule_reg
 from naslung.pipeline.data.synthetic_spec import nodule_spec, scan_geometry
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.transforms.nodule_cube import hu_to_unit, sample_cube_hu
 
 __all__ = [
     "CUBE_SIZE",
@@ -95,8 +96,6 @@ def render_cube(row: Mapping[str, Any], seed: int = 0, size: int = CUBE_SIZE) ->
     Returns:
         float32 (size, size, size) in (x, y, z) order with values in [0, 1].
     """
-    from naslung.transforms.nodule_cube import hu_to_unit, sample_cube_hu
-
     hu, affine, centre_mm = render_nodule_region(row, size_mm=size + 8.0, seed=seed)
     cube = sample_cube_hu(hu, affine, centre_mm, size=size, spacing_mm=1.0)
     return np.asarray(hu_to_unit(cube), dtype=np.float32)

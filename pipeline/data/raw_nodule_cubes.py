@@ -14,6 +14,7 @@ from naslung.pipeline.atomic_io import atomic_path
 from naslung.pipeline.data.raw_scan_discovery import ScanJob
 from naslung.pipeline.data.scan_volume import ScanVolume
 from naslung.pipeline.errors import DataError
+from naslung.transforms.nodule_cube import hu_to_unit, sample_cube_hu
 
 __all__ = [
     "CUBE_SIZE",
@@ -81,8 +82,6 @@ def nodule_world_centre(volume: ScanVolume, row: Mapping[str, Any]) -> np.ndarra
 
 def cut_cube(volume: ScanVolume, centre_mm: np.ndarray) -> np.ndarray:
     """One (32, 32, 32) float32 cube in [0, 1] around ``centre_mm``."""
-    from naslung.transforms.nodule_cube import hu_to_unit, sample_cube_hu  # heavy: imports torch and MONAI
-
     hu = sample_cube_hu(volume.hu, volume.affine, centre_mm, size=CUBE_SIZE, spacing_mm=CUBE_SPACING_MM)
     cube = np.asarray(hu_to_unit(hu), dtype=np.float32)
     if cube.shape != (CUBE_SIZE,) * 3 or not np.isfinite(cube).all():

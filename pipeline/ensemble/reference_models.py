@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from naslung.pipeline.data.cohort_table import CHARACTERISTICS
+from naslung.pipeline.data.cohort_table import (
+    CHARACTERISTICS,
+    DEFAULT_COHORT_FILE,
+    load_default_cohort,
+    read_cohort_csv,
+)
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 
@@ -257,8 +262,6 @@ def load_reference_data(data_dir: str | os.PathLike) -> ReferenceData:
         DataError: ``manifest.csv`` is missing, lacks one of ``nodule_id``, ``label``, ``fold``, ``diameter_mm``, or
             holds a bad label or fold.
     """
-    from naslung.pipeline.data.cohort_table import load_default_cohort, read_cohort_csv
-
     folder = Path(data_dir)
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
@@ -291,8 +294,6 @@ def load_reference_data(data_dir: str | os.PathLike) -> ReferenceData:
 
 def reference_input_files(data_dir: str | os.PathLike) -> list[Path]:
     """The files :func:`load_reference_data` reads for ``data_dir`` that exist (for up-to-date checks)."""
-    from naslung.pipeline.data.cohort_table import DEFAULT_COHORT_FILE
-
     folder = Path(data_dir)
     cohort = folder / "cohort.csv"
     if not cohort.is_file():

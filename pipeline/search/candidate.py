@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from naslung.networks import ATTENTION_OPTIONS, LOSSES, count_macs, count_parameters
+from naslung.networks import profile as profile_network
 from naslung.pipeline.errors import ConfigError, DataError, SearchError
 from naslung.pipeline.search.latency_table import LatencyTable
 from naslung.pipeline.search.space import arch_to_text
@@ -195,8 +197,6 @@ class CandidateEvaluator:
         input_shape: Sequence[int] = NODULE_SHAPE,
         score_metric: str = "auc",
     ) -> None:
-        from naslung.networks import ATTENTION_OPTIONS, LOSSES
-
         if epochs < 1:
             raise ConfigError(f"epochs_per_candidate must be >= 1, got {epochs}")
         if attention not in ATTENTION_OPTIONS:
@@ -247,8 +247,6 @@ class CandidateEvaluator:
         start = time.perf_counter()
         result = train_fold(self.datalist, None, self.candidate_dir(text), self.train_config, self.overrides(text))
         seconds = time.perf_counter() - start
-        from naslung.networks import count_macs, count_parameters
-
         network = build_candidate_network(text, self.merged_config(text))
         best = best_validation_epoch(result.get("history") or [], self.score_metric)
         if best is None:  # no per-epoch history: the metrics of the saved checkpoint
@@ -370,12 +368,10 @@ class CandidateProfiler:
 
     def profile(self, spec: Any) -> Any:
         """The :class:`naslung.networks.CostProfile` of a candidate (measured once)."""
-        from naslung.networks import profile
-
         text = arch_to_text(spec)
         if text not in self.profiles:
             network = build_candidate_network(text, self.train_config)
-            self.profiles[text] = profile(
+            self.profiles[text] = profile_network(
                 network,
                 self.input_shape,
                 device=self.device,

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from naslung.networks import fixed_threads
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.errors import ConfigError, SearchError
+from naslung.pipeline.search.space import arch_to_text
 
 __all__ = [
     "EXECUTORS",
@@ -74,8 +76,6 @@ def default_threads_per_trial(workers: int, cpus: int | None = None) -> int:
 
 
 def _describe(item: Any) -> str:
-    from naslung.pipeline.search.space import arch_to_text
-
     if isinstance(item, dict) and {"out_dir", "test_fold"} <= set(item):  # a (network, fold) training job
         return f"{os.path.basename(str(item['out_dir']))} fold {item['test_fold']}"
     try:
@@ -107,8 +107,6 @@ class SequentialExecutor:
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """Yield ``function(item)`` for each item in order."""
-        from naslung.networks import fixed_threads
-
         for item in items:
             with fixed_threads(self.num_threads):
                 result = function(item)

@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import naslung.networks
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.errors import SearchError
 
@@ -101,8 +102,6 @@ def machine_id(fingerprint: Mapping[str, Any] | None = None) -> str:
 @lru_cache(maxsize=1)
 def networks_code_digest() -> str:
     """A short digest (12 hex digits) of the ``naslung.networks`` source files: a code change re-measures."""
-    import naslung.networks
-
     root = Path(naslung.networks.__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from naslung.pipeline.errors import SearchError
+from naslung.networks.spec import ArchSpec
+from naslung.pipeline.errors import ConfigError, SearchError
 
 __all__ = [
     "Arch",
@@ -99,9 +100,6 @@ def arch_to_text(arch: Any) -> str:
     try:
         a = arch_from(arch)
     except SearchError as err:
-        from naslung.networks.spec import ArchSpec
-        from naslung.pipeline.errors import ConfigError
-
         try:
             spec = ArchSpec.coerce(arch)
         except ConfigError:
@@ -113,13 +111,11 @@ def arch_to_text(arch: Any) -> str:
     return f"[{a[0][0]},{a[1][0]},{blocks}]"
 
 
-def to_arch_spec(arch: Any) -> Any:
+def to_arch_spec(arch: Any) -> ArchSpec:
     """Convert an architecture to ``naslung.networks.spec.ArchSpec`` (the form networks are built from).
 
     This is the one place where the search core meets the network code; the search itself works on :data:`Arch`.
     """
-    from naslung.networks.spec import ArchSpec
-
     if isinstance(arch, ArchSpec):
         return arch
     return ArchSpec.parse(arch_to_text(arch))

@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from naslung.pipeline.cli import build_parser, main
+from naslung.pipeline.commands import prepare as prepare_command
 from naslung.pipeline.data import cohort as cohort_module
 from naslung.pipeline.data.cohort_table import load_default_cohort, read_cohort_csv, summarise_cohort
 
@@ -124,8 +125,6 @@ def test_prepare_cohort_with_other_rules_derives(tmp_path, monkeypatch, capsys):
 
 
 def test_prepare_embedded_calls_the_renderer(tmp_path, monkeypatch, capsys):
-    from naslung.pipeline.data import embedded
-
     calls = []
 
     def fake_render(out_dir, rows=None, n_scans=2, seed=0, workers=2, progress=None):
@@ -140,7 +139,7 @@ def test_prepare_embedded_calls_the_renderer(tmp_path, monkeypatch, capsys):
             "manifest": str(tmp_path / "manifest.csv"),
         }
 
-    monkeypatch.setattr(embedded, "render_embedded", fake_render)
+    monkeypatch.setattr(prepare_command, "render_embedded", fake_render)  # the name `naslung prepare embedded` calls
     assert main(["-q", "prepare", "embedded", "--out", str(tmp_path), "--scans", "1", "--seed", "3"]) == 0
     assert calls == [(str(tmp_path), None, 1, 3, 2)]
     printed = capsys.readouterr().out
