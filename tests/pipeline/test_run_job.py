@@ -126,10 +126,11 @@ def test_prepare_step_is_stale_after_a_renderer_version_change(tmp_path, monkeyp
 def test_parallel_retraining_runs_every_network_fold_job(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(run_job, "train_fold_job", lambda job: seen.append((job["out_dir"], job["test_fold"])))
-    jobs = [{"out_dir": name, "test_fold": fold} for name in ("a", "b") for fold in (0, 1)]
+    jobs = [{"out_dir": str(tmp_path / name), "test_fold": fold} for name in ("a", "b") for fold in (0, 1)]
     ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
     run_job._run_jobs_in_parallel(ctx, jobs, {"executor": "sequential", "threads_per_job": 1})
-    assert sorted(seen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert sorted(seen) == [(str(tmp_path / n), f) for n in ("a", "b") for f in (0, 1)]
+    assert (tmp_path / "a" / "fold_1" / "job.log").is_file()  # each job logs into its own fold folder
     with pytest.raises(ConfigError, match="unknown key 'threads' in section 'train', 'parallel'"):
         RunContext(run_dir=tmp_path, settings={"train": {"parallel": {"threads": 1}}})
 
@@ -161,7 +162,8 @@ def test_parallel_retraining_without_ray_leaves_the_jobs_to_the_plain_loop(tmp_p
     monkeypatch.setattr(run_job, "train_fold_job", lambda job: seen.append(job))
     monkeypatch.setattr(run_job, "ray_available", lambda: False)
     ctx = RunContext(run_dir=tmp_path, settings={"train": {}})
-    run_job._run_jobs_in_parallel(ctx, [{"out_dir": "a", "test_fold": 0}], {"executor": "ray", "threads_per_job": 1})
+    job = {"out_dir": str(tmp_path / "a"), "test_fold": 0}
+    run_job._run_jobs_in_parallel(ctx, [job], {"executor": "ray", "threads_per_job": 1})
     assert seen == []  # the step's own loop trains them with the configured threads
 
 
