@@ -332,6 +332,35 @@ def _sorted_geometry(
     return ordered, spacing, positions[0], direction
 
 
+def _series_volume(
+    hu: np.ndarray,
+    ordered: Sequence[_SliceHeader],
+    spacing: tuple[float, float, float],
+    origin: np.ndarray,
+    direction: np.ndarray,
+    source: Path,
+    series_uid: str,
+) -> ScanVolume:
+    """The checked volume of a series: ``hu`` (cols, rows, slices) in HU, finite, with the geometry and slice files
+    :func:`_sorted_geometry` found.
+
+    Raises:
+        DataError: NaN or infinite voxels.
+    """
+    check_finite(hu, source)
+    return ScanVolume(
+        hu=hu,
+        affine=make_affine(spacing, origin, direction),
+        spacing_mm=spacing,
+        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        direction=direction,
+        source=source,
+        series_uid=series_uid,
+        patient_id=ordered[0].patient_id,
+        slice_files=tuple(h.path for h in ordered),
+    )
+
+
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> ScanVolume:
     """Read one CT series from a folder of DICOM files.
 
@@ -375,18 +404,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
             path=str(source),
         )
     hu = np.ascontiguousarray(np.transpose(array, (2, 1, 0)), dtype=np.float32)
-    check_finite(hu, source)
-    return ScanVolume(
-        hu=hu,
-        affine=make_affine(spacing, origin, direction),
-        spacing_mm=spacing,
-        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-        direction=direction,
-        source=source,
-        series_uid=uid,
-        patient_id=ordered[0].patient_id,
-        slice_files=tuple(h.path for h in ordered),
-    )
+    return _series_volume(hu, ordered, spacing, origin, direction, source, uid)
 
 
 def volume_from_dicom_datasets(datasets: Sequence[Any], source: str | os.PathLike) -> ScanVolume:
@@ -427,15 +445,4 @@ def volume_from_dicom_datasets(datasets: Sequence[Any], source: str | os.PathLik
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         slices.append(pixels * slope + intercept)
     hu = np.ascontiguousarray(np.stack(slices, axis=-1).transpose(1, 0, 2), dtype=np.float32)  # (cols, rows, z)
-    check_finite(hu, source_path)
-    return ScanVolume(
-        hu=hu,
-        affine=make_affine(spacing, origin, direction),
-        spacing_mm=spacing,
-        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-        direction=direction,
-        source=source_path,
-        series_uid=uids[0],
-        patient_id=ordered[0].patient_id,
-        slice_files=tuple(h.path for h in ordered),
-    )
+    return _series_volume(hu, ordered, spacing, origin, direction, source_path, uids[0])
