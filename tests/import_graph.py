@@ -7,7 +7,20 @@ import ast
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["module_files", "imported_names"]
+import naslung.bundles.runtime
+import naslung.networks
+import naslung.pipeline
+import naslung.transforms
+
+__all__ = ["OUR_PACKAGES", "module_files", "imported_names"]
+
+#: naslung's own packages, as (dotted name, source folder): the pipeline, networks, transforms and bundle runtime.
+OUR_PACKAGES = [
+    ("naslung.pipeline", Path(naslung.pipeline.__file__).parent),
+    ("naslung.networks", Path(naslung.networks.__file__).parent),
+    ("naslung.transforms", Path(naslung.transforms.__file__).parent),
+    ("naslung.bundles.runtime", Path(naslung.bundles.runtime.__file__).parent),
+]
 
 
 def module_files(packages: Iterable[tuple[str, Path]]) -> dict[str, Path]:

@@ -5,20 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from import_graph import imported_names, module_files
-
-import naslung.bundles.runtime
-import naslung.networks
-import naslung.pipeline
-import naslung.transforms
-
-#: The packages walked, as (dotted name, source folder).
-PACKAGES = [
-    ("naslung.pipeline", Path(naslung.pipeline.__file__).parent),
-    ("naslung.networks", Path(naslung.networks.__file__).parent),
-    ("naslung.transforms", Path(naslung.transforms.__file__).parent),
-    ("naslung.bundles.runtime", Path(naslung.bundles.runtime.__file__).parent),
-]
+from import_graph import OUR_PACKAGES, imported_names, module_files
 
 
 def _imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
@@ -76,7 +63,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle_among_our_modules():
-    known = module_files(PACKAGES)
+    known = module_files(OUR_PACKAGES)
     assert len(known) > 100  # the walk found the packages' modules
     graph = {module: _imported(module, path, known) for module, path in known.items()}
     assert sum(len(edges) for edges in graph.values()) > 300  # and their imports of each other

@@ -14,8 +14,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
-from import_graph import module_files
-from test_import_graph import PACKAGES
+from import_graph import OUR_PACKAGES, module_files
 
 import naslung.pipeline
 
@@ -95,7 +94,7 @@ def test_the_checker_finds_unexplained_local_imports(source, expected):
 
 
 def test_no_unexplained_function_local_import_of_our_modules():
-    known = module_files(PACKAGES)
+    known = module_files(OUR_PACKAGES)
     assert len(known) > 100  # the walk found the packages' modules
     offenders = [
         f"{path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path}:{line}"
