@@ -152,7 +152,9 @@ class BinaryOutputTransform:
                 f"give a dict with {self.pred_key!r}/{self.label_key!r}, a list of such dicts or a (y_pred, y) pair"
             )
         probability = malignancy_probability(_stack(y_pred), logits=self.logits)
-        label = malignancy_label(_stack(y))
+        # MONAI's decollation turns each sample's 0-d label into a Python number, so on a GPU the labels arrive on
+        # the CPU while the predictions stay on the GPU: put them together where the predictions are
+        label = malignancy_label(_stack(y)).to(probability.device)
         if len(probability) != len(label):
             raise DataError(f"{len(probability)} predictions but {len(label)} labels in one batch")
         if self.mode == "probability":

@@ -20,7 +20,7 @@ from naslung.pipeline.errors import ConfigError, DataError
 from naslung.pipeline.export.configs import iter_components
 from naslung.pipeline.export.models import load_state_dict_file
 
-__all__ = ["MAX_FILE_BYTES", "hide_naslung_code", "export_and_verify", "check_bundle_layout"]
+__all__ = ["MAX_FILE_BYTES", "hide_naslung_code", "bundle_process_env", "export_and_verify", "check_bundle_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ def hide_naslung_code() -> str:
     )
 
 
+def bundle_process_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a bundle's own Python process: this one's, with ``extra`` on top and no bytecode written.
+
+    ``PYTHONPATH`` stays: where MONAI, PyTorch or Ignite come from it (a cluster's module system, a ``--target``
+    install), the bundle needs it too, and :func:`hide_naslung_code` keeps naslung out whatever the path holds.
+    """
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(extra or {})}
+
+
 _EXPORT_SCRIPT = """
 import json, sys
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
@@ -65,8 +74,7 @@ verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, bund
 
 def export_and_verify(bundle: Path, jobs: list[dict[str, str]], schema: Path) -> None:
     """Run MONAI's ckpt_export for each model, verify_metadata and verify_net_in_out in a naslung-free subprocess."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
+    env = bundle_process_env()
     command = [sys.executable, "-c", hide_naslung_code() + _EXPORT_SCRIPT]
     command += [str(bundle.resolve()), str(schema.resolve())]
     with tempfile.TemporaryDirectory(prefix="naslung-bundle-") as workdir:

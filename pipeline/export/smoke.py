@@ -19,7 +19,7 @@ import numpy as np
 
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
-from naslung.pipeline.export.checks import hide_naslung_code
+from naslung.pipeline.export.checks import bundle_process_env, hide_naslung_code
 from naslung.pipeline.export.models import build_project_network, load_state_dict_file
 from naslung.pipeline.export.run_content import read_json
 from naslung.pipeline.training.step import predict
@@ -83,8 +83,7 @@ def run_bundle_inference(
         command = [sys.executable, "-c", hide_naslung_code() + _HIDDEN_RUNNER, *args]
     else:
         command = [sys.executable, "-m", "monai.bundle", *args]
-    process_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    process_env.pop("PYTHONPATH", None)
+    process_env = bundle_process_env(env)
     with tempfile.TemporaryDirectory(prefix="naslung-bundle-run-") as workdir:
         try:
             result = subprocess.run(

@@ -183,6 +183,25 @@ def test_single_handlers_and_output_transform():
         BinaryOutputTransform()(42)
 
 
+def test_output_transform_puts_decollated_labels_beside_the_predictions():
+    """MONAI's decollation leaves each label a Python number (on the CPU) while predictions stay on the network's
+    device; the transform hands both to the metric on the predictions' device (on a GPU, the confusion matrix failed
+    with "Expected all tensors to be on the same device"). The meta device stands in for a GPU."""
+    output = [{"pred": torch.zeros(2, device="meta"), "label": label} for label in (0, 1, 1)]
+    y_pred, y = BinaryOutputTransform("probability", logits=True)(output)
+    assert y_pred.device.type == "meta" and y.device.type == "meta"
+    assert y.shape == (3, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_metrics_of_decollated_cuda_predictions():
+    output = [{"pred": torch.tensor(p, device="cuda"), "label": t} for p, t in (([2.0, 0.0], 0), ([0.0, 2.0], 1))]
+    f1, auc = BinaryConfusionMetric("f1", logits=True), BinaryROCAUC(logits=True)
+    for metric in (f1, auc):
+        metric.update(metric._output_transform(output))
+    assert f1.compute() == pytest.approx(1.0) and auc.compute() == pytest.approx(1.0)
+
+
 SUMMARY_CASES = [
     [[0.8, 0.9], 1, 0.85, np.std([0.8, 0.9], ddof=1)],
     [[0.8, 0.9], 0, 0.85, 0.05],

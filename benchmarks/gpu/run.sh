@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# naslung's GPU checks, as one script for a lent CUDA machine that has PyTorch but not naslung's other dependencies
+# and no package index (the tool library's `device`). From the repository root, with the wheels of monai,
+# pytorch-ignite, nibabel, pydicom, fire, termcolor, pylidc, SQLAlchemy, greenlet and jsonschema (and its three
+# dependencies) in .whl/ and SimpleITK's wheel unpacked into .whl/sitk.tar.xz (xz: the wheel alone would pass the
+# tool's 64 MiB limit):
+#
+#   OUT=/some/folder bash benchmarks/gpu/run.sh
+#
+# 1. the metric tests, whose CUDA case runs only on a GPU.
+# 2. `naslung run --profile standard` on held-out fold 0 (benchmarks/gpu/standard_fold0.json), with an empty cache
+#    folder, timed by bash's time; the run folder without its data but the manifest goes to $OUT/standard_fold0.tar.gz.
+# 3. benchmarks/gpu_train_step.py -> $OUT/gpu_train_step.json.
+# Everything printed goes to $OUT/log.txt.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/naslung_gpu}
+REPO=$(pwd)
+RUN_SECONDS=${RUN_SECONDS:-330}
+BENCH_SECONDS=${BENCH_SECONDS:-120}
+mkdir -p "$OUT"
+{
+    date -u
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && tar -xJf .whl/sitk.tar.xz -C /tmp/site \
+        && PYTHONPATH=/tmp/site python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+            --target /tmp/naslung_site . \
+        || { echo "install failed"; exit 1; }
+    export PYTHONPATH=/tmp/naslung_site:/tmp/site
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    nproc
+    python3 -c "import torch, monai, naslung.pipeline; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
+    python3 -m pytest -q -p no:cacheprovider tests/pipeline/test_metrics.py
+    date -u
+    mkdir -p /tmp/gpu_cache /tmp/gpu_run
+    (
+        cd /tmp/gpu_run && export XDG_CACHE_HOME=/tmp/gpu_cache
+        time timeout "$RUN_SECONDS" python3 -m naslung.pipeline run --profile standard \
+            --config "$REPO/benchmarks/gpu/standard_fold0.json" --out /tmp/gpu_run/standard
+        echo "naslung run exit: $?"
+    )
+    # the run folder without its data (cubes and whole scans), except the manifest
+    tar -czf "$OUT/standard_fold0.tar.gz" -C /tmp/gpu_run --exclude='standard/data' standard \
+        -C /tmp/gpu_run standard/data/manifest.csv
+    date -u
+    timeout "$BENCH_SECONDS" python3 benchmarks/gpu_train_step.py --out "$OUT/gpu_train_step.json"
+    echo "gpu_train_step exit: $?"
+    date -u
+} 2>&1 | tee "$OUT/log.txt"
