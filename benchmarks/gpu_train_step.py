@@ -70,7 +70,12 @@ def bench_train(
     network = build_network(spec, head="angular").to(device=device, memory_format=layout)
     dataset = CacheDataset(items, train_transforms(), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
     )
     trainer = SupervisedTrainer(
         device=device,
@@ -95,7 +100,9 @@ def bench_train(
     def _record(engine) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seen.append((data_timer.value(), step_timer.value(), epoch_timer.value(), engine.state.epoch_length * batch_size))
+        seen.append(
+            (data_timer.value(), step_timer.value(), epoch_timer.value(), engine.state.epoch_length * batch_size)
+        )
 
     trainer.run()
     timed = seen[1:] or seen

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,7 +126,10 @@ def import_pylidc() -> types.ModuleType:
     _install_configparser_alias()
     if "pylidc" in sys.modules:
         return sys.modules["pylidc"]
-    with pkg_resources_shim():
+    with pkg_resources_shim(), warnings.catch_warnings():
+        # setuptools 67-80 warn on every `import pkg_resources`, which pylidc's __init__ does: once per process, so
+        # once per worker of a spawn pool too, where the CLI's console filter does not reach
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         return importlib.import_module("pylidc")
 
 

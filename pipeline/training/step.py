@@ -82,7 +82,8 @@ def _check_recipe(merged: dict[str, Any], source: Any) -> None:
 
     Raises:
         ConfigError: ``checkpoint_metric`` not one of :data:`~naslung.pipeline.metrics.BINARY_METRICS`,
-            ``rotate90_prob`` or ``checkpoint_from_fraction`` outside [0, 1], or ``lambda_floor_fraction`` outside (0, 1] (``null`` allowed).
+            ``rotate90_prob`` or ``checkpoint_from_fraction`` outside [0, 1], or ``lambda_floor_fraction`` outside
+            (0, 1] (``null`` allowed).
     """
     where = f" (config: {source})" if isinstance(source, (str, os.PathLike)) else ""
 

