@@ -37,7 +37,7 @@ def quick_data(root: Path) -> Path:
     """The quick profile's subsample of the embedded cohort, rendered into ``root`` (kept for reruns), no scans."""
     from naslung.pipeline.data.cohort_table import load_default_cohort
     from naslung.pipeline.data.embedded import render_embedded
-    from naslung.pipeline.run_job import load_profile, subsample_cohort
+    from naslung.pipeline.run.job import load_profile, subsample_cohort
 
     settings = load_profile("quick")["prepare"]
     rows = subsample_cohort(load_default_cohort(), settings.get("subsample_nodules"), int(settings.get("seed", 0)))
@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_determinism.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from naslung.pipeline.run_job import load_profile
+    from naslung.pipeline.run.job import load_profile
 
     profile = load_profile("quick")
     data = args.data or quick_data(Path(tempfile.gettempdir()) / "naslung_quick_data")

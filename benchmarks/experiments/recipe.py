@@ -56,6 +56,9 @@ p.add_argument("--sel_fraction", type=float, default=0.0)  # >0: hold this fract
 # selection set (as the pipeline's val_fraction) and report the val AUC of the epoch it picks against the last epoch's
 p.add_argument("--beta1", type=float, default=0.5)
 p.add_argument("--snap_from", type=int, default=0)  # >0: also score the mean probability of epochs snap_from..current
+p.add_argument("--aux", type=float, default=0.0)  # >0: also regress log-diameter and the readers' 8 mean ratings
+# (standardised on the training split) from the pooled features with a linear head, MSE weighted by this (a training
+# target only: the network's input stays the cube)
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -84,20 +87,45 @@ ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": flo
 print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
 net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear")
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
+RATINGS = (
+    "subtlety",
+    "internalStructure",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+)
+aux_head, pooled = None, {}
+if a.aux > 0:
+    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
+    targets = np.array(
+        [
+            [math.log(float(r["diameter_mm"]))]
+            + [float(np.mean([float(v) for v in cohort[r["nodule_id"]][k].split(";")])) for k in RATINGS]
+            for r in rows
+        ]
+    )
+    targets = (targets - targets[tr].mean(0)) / targets[tr].std(0)
+    T = torch.from_numpy(targets).float()
+    aux_head = torch.nn.Linear(net.head.in_features, T.shape[1])
+    net.head.register_forward_pre_hook(lambda module, args: pooled.__setitem__("features", args[0]))
 steps_per_epoch = math.ceil(len(tr) / a.bs)
 total = steps_per_epoch * a.epochs
 kw = {}
 if a.loss == "asoftmax" and a.lam_frac > 0:
     kw = dict(gamma=(1500 / 5 - 1) / (a.lam_frac * total))
 loss_fn = build_loss(a.loss, **kw)
+params = list(net.parameters()) + (list(aux_head.parameters()) if aux_head is not None else [])
 if a.opt == "adam":
     opt = (
-        torch.optim.AdamW(net.parameters(), a.lr, betas=(a.beta1, 0.999), weight_decay=a.wd)
+        torch.optim.AdamW(params, a.lr, betas=(a.beta1, 0.999), weight_decay=a.wd)
         if a.wd
-        else torch.optim.Adam(net.parameters(), a.lr, betas=(a.beta1, 0.999))
+        else torch.optim.Adam(params, a.lr, betas=(a.beta1, 0.999))
     )
 else:
-    opt = torch.optim.SGD(net.parameters(), a.lr, momentum=0.9, weight_decay=a.wd, nesterov=True)
+    opt = torch.optim.SGD(params, a.lr, momentum=0.9, weight_decay=a.wd, nesterov=True)
 if a.sched == "cosine":
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, a.lr, total_steps=total, pct_start=0.05, anneal_strategy="cos", cycle_momentum=False
@@ -186,6 +214,8 @@ for ep in range(a.epochs):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
         loss = loss_fn(out.float(), yb)
+        if aux_head is not None:
+            loss = loss + a.aux * F.mse_loss(aux_head(pooled["features"].float()), T[idx])
         loss.backward()
         opt.step()
         if sched:

@@ -24,8 +24,8 @@ from naslung.pipeline.run.layout import (
     fold_dir_name,
     spec_slug,
 )
+from naslung.pipeline.run.markers import fingerprint, is_done
 from naslung.pipeline.run.members import load_trained_network
-from naslung.pipeline.steps import fingerprint, is_done
 from naslung.pipeline.training.step import load_train_config, train_fold
 
 __all__ = [

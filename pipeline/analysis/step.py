@@ -54,9 +54,9 @@ from naslung.pipeline.run.layout import (
     TrainedNetwork,
     spec_slug,
 )
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.run.members import load_trained_network
 from naslung.pipeline.search.journal import read_selected_specs
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
 from naslung.pipeline.training.step import load_train_config
 
 __all__ = ["DEFAULT_EVALUATE_CONFIG", "ANALYSES", "load_evaluate_config", "run_evaluate_step"]

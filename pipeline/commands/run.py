@@ -8,8 +8,8 @@ from pathlib import Path
 
 from naslung.pipeline.progress import no_progress, tqdm_progress
 from naslung.pipeline.run.config import PROFILES, STEP_NAMES, load_profile
+from naslung.pipeline.run.job import RunContext, run_job
 from naslung.pipeline.run.layout import RunLayout
-from naslung.pipeline.run_job import RunContext, run_job
 
 __all__ = ["add_parser"]
 

@@ -56,9 +56,9 @@ from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import BINARY_METRICS, DEFAULT_THRESHOLD, binary_metrics, summarise_folds
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.layout import ENSEMBLE_DIR, RunLayout, TrainedNetwork, spec_slug
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.run.members import network_cost, read_test_predictions
 from naslung.pipeline.search.journal import read_selected_specs
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
 __all__ = [
     "ENSEMBLE_DIR",

@@ -62,7 +62,7 @@ from naslung.pipeline.export.scripts import (
 from naslung.pipeline.export.sources import SCHEMA_URL, bundle_sources_dir, local_schema_path
 from naslung.pipeline.metrics import DEFAULT_THRESHOLD
 from naslung.pipeline.progress import Progress, no_progress
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 
 __all__ = ["ExportedBundle", "export_bundle"]
 

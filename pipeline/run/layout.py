@@ -63,7 +63,7 @@ __all__ = [
 #: The step folders of a run, as named inside ``RUN``.
 DATA_DIR, SEARCH_DIR, TRAIN_DIR, BASELINES_DIR = "data", "search", "train", "baselines"
 ENSEMBLE_DIR, ANALYSIS_DIR, BUNDLES_DIR, LOGS_DIR = "ensemble", "analysis", "bundles", "logs"
-#: The marker a finished step leaves in its output folder (:mod:`naslung.pipeline.steps`).
+#: The marker a finished step leaves in its output folder (:mod:`naslung.pipeline.run.markers`).
 DONE_FILE = "done.json"
 #: A fold folder's best weights, a plain ``state_dict``.
 CHECKPOINT = "checkpoints/best_model.pt"

@@ -42,6 +42,7 @@ from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.data.datalists import split_for_fold
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.search.candidate import CandidateEvaluator, resolve_device
 from naslung.pipeline.search.candidate_latency import candidate_profiler
 from naslung.pipeline.search.figures import plot_architecture_probabilities
@@ -56,7 +57,6 @@ from naslung.pipeline.search.supernet_trainer import (
     SupernetEpochRecorder,
     create_supernet_trainer,
 )
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
 from naslung.transforms import train_transforms
 
 __all__ = ["DNAS_OUTPUTS", "supernet_for_space", "derive_specs", "run_dnas_search"]

@@ -49,6 +49,7 @@ from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError, SearchError
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import CONFIG_FILES, merge_config
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.search.candidate import METRIC_KEYS, CandidateEvaluator, search_datalist
 from naslung.pipeline.search.candidate_latency import candidate_profiler
 from naslung.pipeline.search.dnas import run_dnas_search
@@ -60,7 +61,6 @@ from naslung.pipeline.search.pop import run_search
 from naslung.pipeline.search.search_folder import check_search_settings, selected_payload, table_row
 from naslung.pipeline.search.selection import SELECTION_RULES, select_candidates
 from naslung.pipeline.search.space import SearchSpace
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
 
 __all__ = [
     "DEFAULT_SEARCH_CONFIG",

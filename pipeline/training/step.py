@@ -34,7 +34,7 @@ from naslung.pipeline.run.layout import (
     fold_dir_name,
     spec_slug,
 )
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.training.handlers import PredictionCollector
 from naslung.transforms import eval_transforms
 

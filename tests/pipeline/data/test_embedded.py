@@ -22,7 +22,7 @@ from naslung.pipeline.data.embedded import (
 )
 from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, load_reference_data
 from naslung.pipeline.errors import DataError
-from naslung.pipeline.run_job import RunContext, _step_prepare, subsample_cohort
+from naslung.pipeline.run.job import RunContext, _step_prepare, subsample_cohort
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,7 +174,7 @@ def test_subsample_keeps_every_column_of_the_rows_it_draws():
 
 def test_prepare_step_writes_the_rendered_cohort_and_restores_it(tmp_path, monkeypatch):
     """``naslung run``'s embedded prepare step leaves RUN/data/cohort.csv; a run prepared without one gets it back."""
-    import naslung.pipeline.run_job as run_job
+    import naslung.pipeline.run.job as run_job
 
     rows = [dict(r) for r in _few_rows()]
     # the prepare step looks the packaged cohort up in run_job's namespace (imported there at module level)

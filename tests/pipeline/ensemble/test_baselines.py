@@ -107,7 +107,7 @@ def test_run_baselines_step_feeds_the_results_table_and_report(cube_dir, tmp_pat
 
     from naslung.pipeline.analysis.report import build_report
     from naslung.pipeline.ensemble.step import run_ensemble_step
-    from naslung.pipeline.run_job import RunContext, load_profile, run_job
+    from naslung.pipeline.run.job import RunContext, load_profile, run_job
 
     run = tmp_path / "run"
     shutil.copytree(cube_dir, run / "data")
@@ -167,7 +167,7 @@ def test_baselines_step_runs_its_network_fold_jobs_on_the_train_executor(cube_di
     import shutil
 
     from naslung.pipeline.ensemble.baselines import baseline_training_jobs
-    from naslung.pipeline.run_job import RunContext, run_job
+    from naslung.pipeline.run.job import RunContext, run_job
 
     run = tmp_path / "run"
     shutil.copytree(cube_dir, run / "data")

@@ -10,7 +10,7 @@ import re
 import pytest
 from cube_data import make_cubes
 
-from naslung.pipeline import run_job
+from naslung.pipeline.run import job as run_job
 from naslung.pipeline.run.layout import spec_slug
 from naslung.pipeline.search.runner import run_search_step
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 from cube_data import make_cubes
 
-from naslung.pipeline import run_job
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.run import job as run_job
+from naslung.pipeline.run.job import RunContext
 from naslung.pipeline.run.layout import spec_slug
-from naslung.pipeline.run_job import RunContext
 
 SPECS = ["[4,4,[4],[4],[4]]", "[4,4,[4],[4],[8]]"]
 TRAIN = {

@@ -38,11 +38,11 @@ from naslung.pipeline.export.step import export_bundle
 from naslung.pipeline.progress import Progress, no_progress
 from naslung.pipeline.run.config import PROFILES, TRAIN_STEP_KEYS, check_profile, load_profile
 from naslung.pipeline.run.layout import CLASSIFIER_BUNDLE, ENSEMBLE_BUNDLE, RunLayout
+from naslung.pipeline.run.markers import fingerprint, is_done, mark_done
 from naslung.pipeline.search.executors import make_executor, ray_available, shared_ray_instance
 from naslung.pipeline.search.journal import read_selected_specs
 from naslung.pipeline.search.rank_correlation import write_rank_correlation
 from naslung.pipeline.search.runner import run_search_step
-from naslung.pipeline.steps import fingerprint, is_done, mark_done
 from naslung.pipeline.training.jobs import run_fold_jobs
 from naslung.pipeline.training.step import train_fold_job, train_folds
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from naslung.pipeline import run_job
 from naslung.pipeline.atomic_io import write_json
 from naslung.pipeline.cli import main
 from naslung.pipeline.errors import ConfigError
+from naslung.pipeline.run import job as run_job
 from naslung.pipeline.run.config import STEP_NAMES, load_profile
-from naslung.pipeline.run_job import RUN_STEPS, RunContext, subsample_cohort
+from naslung.pipeline.run.job import RUN_STEPS, RunContext, subsample_cohort
 
 TINY = {
     "prepare": {"subsample_nodules": 40, "scans": 1, "workers": 1},
