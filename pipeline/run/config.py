@@ -8,6 +8,7 @@ section is checked key by key against what its step takes, and the step receives
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -187,7 +188,10 @@ def load_profile(profile: str = "quick", config: str | os.PathLike | None = None
 
     Args:
         profile: one of :data:`PROFILES`.
-        config: a file of sections whose keys replace the profile's (``{"train": {"max_epochs": 3}}``).
+        config: a file of sections over the profile's (``{"train": {"max_epochs": 3}}``). A key's value replaces the
+            profile's, except that a mapping is merged into the profile's mapping key by key, at any depth
+            (``{"search": {"train": {"num_workers": 4}}}`` keeps the profile's other ``search.train`` keys);
+            ``null`` replaces a mapping (``{"train": {"parallel": null}}``: no parallel jobs).
 
     Raises:
         ConfigError: unknown profile, unreadable file, or an unknown section or key (naming it and the file).
@@ -203,5 +207,14 @@ def load_profile(profile: str = "quick", config: str | os.PathLike | None = None
         check_profile(user, str(path))
         for section, values in user.items():
             if not section.startswith("_"):
-                settings.setdefault(section, {}).update(values)
+                _merge_into(settings.setdefault(section, {}), values)
     return settings
+
+
+def _merge_into(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Merge ``update`` into ``base`` in place: mappings key by key at any depth, any other value replacing."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)

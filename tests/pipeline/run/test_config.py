@@ -92,6 +92,18 @@ def test_user_sections_update_the_profile_key_by_key(tmp_path):
     assert settings["train"]["loss_name"] == "asoftmax"  # the profile's policy, not the step's
 
 
+def test_nested_sections_merge_key_by_key_and_null_replaces(tmp_path):
+    """A nested mapping (search.train, train.parallel) merges into the profile's; null clears one; lists replace."""
+    config = tmp_path / "run.json"
+    user = {"search": {"train": {"num_workers": 4}, "space": {"channels": [4, 8]}}, "train": {"parallel": None}}
+    config.write_text(json.dumps(user), encoding="utf-8")
+    settings, standard = load_profile("standard", config), load_profile("standard")
+    assert settings["search"]["train"] == {**standard["search"]["train"], "num_workers": 4}
+    assert settings["search"]["space"] == {**standard["search"]["space"], "channels": [4, 8]}
+    assert settings["train"]["parallel"] is None and standard["train"]["parallel"]["executor"] == "ray"
+    assert load_profile("standard") == standard  # the packaged profile is not changed by a merge
+
+
 def test_unknown_profile_and_kind():
     with pytest.raises(ConfigError, match="unknown profile 'fast'"):
         load_profile("fast")
