@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.errors import NaslungError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES", "KNOWN_NOISE", "ThirdPartyNoiseFilter", "quiet_console"]
+__all__ = [
+    "main",
+    "build_parser",
+    "COMMAND_MODULES",
+    "KNOWN_NOISE",
+    "SILENCED_AT_SOURCE",
+    "ThirdPartyNoiseFilter",
+    "quiet_console",
+    "silence_at_source",
+]
 
 #: Each module holds one sub-command: ``add_parser(subparsers)`` registers it and sets ``func`` on its parser.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -42,12 +51,25 @@ KNOWN_NOISE: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Noise from loggers that print through their own handlers rather than the root logger's (Ray's), as (logger name,
+#: text the message contains): dropped where it is logged, so it reaches neither the console nor the log file.
+SILENCED_AT_SOURCE: tuple[tuple[str, str], ...] = (
+    # ray.init of the local instance naslung starts (search, retraining): Ray 2.5x enables token authentication
+    # for a local cluster and says so on every start, with advice that does not apply to a one-machine run
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster"),
+)
+
+
 class ThirdPartyNoiseFilter(logging.Filter):
     """A handler filter dropping the records of :data:`KNOWN_NOISE`; everything else passes."""
 
+    def __init__(self, noise: tuple[tuple[str, str], ...] = KNOWN_NOISE) -> None:
+        super().__init__()
+        self.noise = noise
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(record.name == name and text in message for name, text in KNOWN_NOISE)
+        return not any(record.name == name and text in message for name, text in self.noise)
 
 
 def quiet_console(level: int) -> None:
@@ -62,6 +84,15 @@ def quiet_console(level: int) -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             if not any(isinstance(f, ThirdPartyNoiseFilter) for f in handler.filters):
                 handler.addFilter(ThirdPartyNoiseFilter())
+    silence_at_source()
+
+
+def silence_at_source() -> None:
+    """Filter the loggers of :data:`SILENCED_AT_SOURCE` themselves (idempotent); called by :func:`quiet_console`."""
+    for name, _ in SILENCED_AT_SOURCE:
+        source = logging.getLogger(name)
+        if not any(isinstance(f, ThirdPartyNoiseFilter) for f in source.filters):
+            source.addFilter(ThirdPartyNoiseFilter(SILENCED_AT_SOURCE))
 
 
 def build_parser() -> argparse.ArgumentParser:

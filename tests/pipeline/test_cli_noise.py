@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from naslung.pipeline.cli import ThirdPartyNoiseFilter
+from naslung.pipeline.cli import ThirdPartyNoiseFilter, silence_at_source
 
 
 def _record(name: str, message: str) -> logging.LogRecord:
@@ -35,3 +35,21 @@ def test_known_noise_is_dropped(name, message):
 )
 def test_other_records_pass(name, message):
     assert ThirdPartyNoiseFilter().filter(_record(name, message))
+
+
+def test_ray_token_notice_is_silenced_where_it_is_logged():
+    """Ray logs through its own handlers, which the root handlers' filter never sees; quiet_console filters the
+    logger itself (silence_at_source, which quiet_console calls), so the notice Ray prints at each local start is
+    gone while its other warnings pass."""
+    silence_at_source()
+    source = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    source.addHandler(handler)
+    try:
+        source.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        source.warning("a real problem")
+    finally:
+        source.removeHandler(handler)
+    assert seen == ["a real problem"]
