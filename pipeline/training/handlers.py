@@ -168,7 +168,8 @@ class BestModelSaver:
         if best is None and not np.isfinite(score):
             score = -1.0  # keep a first model even when the metric is undefined on this split
         with atomic_path(self.path) as tmp:
-            torch.save(self.network.state_dict(), tmp)
+            # CPU tensors, so the file loads anywhere (a GPU-trained network's weights on a CPU-only machine too)
+            torch.save({key: value.detach().cpu() for key, value in self.network.state_dict().items()}, tmp)
         record = {"metric": self.metric_name, "score": score, "epoch": epoch, "eligible": epoch >= self.min_epoch}
         write_json(self.record_path, record)
         logger.info("new best %s = %.4f at epoch %s", self.metric_name, score, epoch)
