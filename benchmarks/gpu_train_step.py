@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
-from ignite.handlers import Timer
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.utils import set_determinism
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import PAPER_MODEL_1, SPEC_2M, make_cubes  # noqa: E402  (this folder's benchmark, not a package)
+from train_step import PAPER_MODEL_1, SPEC_2M, attach_epoch_timers, make_cubes  # noqa: E402  (this folder's benchmark, not a package)
 
 from naslung.networks import build_loss, build_network, count_parameters  # noqa: E402
 from naslung.networks.profile import measure_latency_ms  # noqa: E402
@@ -86,14 +85,7 @@ def bench_train(
         loss_function=build_loss("asoftmax"),
         amp=amp,
     )
-    data_timer, step_timer, epoch_timer = Timer(), Timer(), Timer()
-    data_timer.attach(
-        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
-    )
-    step_timer.attach(
-        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.ITERATION_COMPLETED
-    )
-    epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    data_timer, step_timer, epoch_timer = attach_epoch_timers(trainer)
     seen: list[tuple[float, float, float, int]] = []
 
     @trainer.on(Events.EPOCH_COMPLETED)

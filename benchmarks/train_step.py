@@ -53,7 +53,7 @@ from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.training.inferers import AutocastInferer, cpu_bf16_supported
 from naslung.transforms import train_transforms
 
-__all__ = ["main", "make_cubes", "bench_loader", "bench_paths", "packaged_loader"]
+__all__ = ["main", "make_cubes", "attach_epoch_timers", "bench_loader", "bench_paths", "packaged_loader"]
 
 #: Where the side-by-side comparison of the training step's precision is written.
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "train_step.json"
@@ -93,6 +93,19 @@ def make_cubes(folder: Path, count: int, seed: int = 0, folds: int = 5) -> list[
         items.append({"image": str(path), "label": label, "nodule_id": f"n{n:04d}", "patient_id": f"p{n // 2}"})
         items[-1]["fold"] = (n // 2) % folds + 1
     return items
+
+
+def attach_epoch_timers(trainer: SupervisedTrainer) -> tuple[Timer, Timer, Timer]:
+    """Ignite timers of each epoch: waiting for batches, whole steps (waiting included) and the epoch's wall time."""
+    data_timer, step_timer, epoch_timer = Timer(), Timer(), Timer()
+    data_timer.attach(
+        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
+    )
+    step_timer.attach(
+        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.ITERATION_COMPLETED
+    )
+    epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    return data_timer, step_timer, epoch_timer
 
 
 def bench_loader(
@@ -158,14 +171,7 @@ def _bench_loader(
         loss_function=build_loss("asoftmax"),
         inferer=AutocastInferer("cpu", "bfloat16", enabled=True) if bf16 else SimpleInferer(),
     )
-    data_timer, step_timer, epoch_timer = Timer(), Timer(), Timer()
-    data_timer.attach(
-        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
-    )
-    step_timer.attach(
-        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.ITERATION_COMPLETED
-    )
-    epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    data_timer, step_timer, epoch_timer = attach_epoch_timers(trainer)
     epochs_seen: list[tuple[float, float, float, int]] = []
 
     @trainer.on(Events.EPOCH_COMPLETED)

@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.pipeline.cpu_allocator import retain_freed_memory
+from naslung.pipeline.data.cohort_table import CHARACTERISTICS
 
 retain_freed_memory()
 
@@ -87,16 +88,7 @@ ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": flo
 print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
 net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear")
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
-RATINGS = (
-    "subtlety",
-    "internalStructure",
-    "calcification",
-    "sphericity",
-    "margin",
-    "lobulation",
-    "spiculation",
-    "texture",
-)
+RATINGS = tuple(c for c in CHARACTERISTICS if c != "malignancy")  # the renderer's inputs, not the label's
 aux_head, pooled = None, {}
 if a.aux > 0:
     cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
