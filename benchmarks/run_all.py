@@ -27,7 +27,10 @@ BENCHMARKS = (
     "anchors",
     "search_determinism",
     "signal_probe",
+    "gpu_train_step",
 )
+#: Benchmarks that need a CUDA GPU; skipped, with a line saying so, where torch sees none.
+NEEDS_CUDA = ("gpu_train_step",)
 #: Lines of any benchmark that state a ratio or a goal.
 HEADLINE = re.compile(r"\banchor\b|goal|ratio|speed-up|x over|fastest|per second|samples/s|cand/h|wait", re.IGNORECASE)
 #: A benchmark's own headline lines, where its result is not a ratio.
@@ -58,6 +61,9 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {python}, torch {torch.__version__}")
     failed = []
     for name in args.only or BENCHMARKS:
+        if name in NEEDS_CUDA and not torch.cuda.is_available():
+            print(f"\n== {name}: skipped, no CUDA device (benchmarks/gpu/run.sh runs it on a lent GPU machine)")
+            continue
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(here / f"{name}.py")], capture_output=True, text=True)
         seconds = time.perf_counter() - start
