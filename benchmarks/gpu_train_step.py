@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.utils import set_determinism
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import PAPER_MODEL_1, SPEC_2M, attach_epoch_timers, make_cubes  # noqa: E402  (this folder's benchmark, not a package)
+from train_step import PAPER_MODEL_1, SPEC_2M, make_cubes, run_timed  # noqa: E402  (this folder's benchmark, not a package)
 
 from naslung.networks import build_loss, build_network, count_parameters  # noqa: E402
 from naslung.networks.profile import measure_latency_ms  # noqa: E402
@@ -60,11 +59,11 @@ def bench_train(
     workers: int,
     batch_size: int,
     epochs: int,
-    device: str = "cuda",
+    device_name: str = "cuda",
 ) -> dict[str, float]:
-    """Train ``spec`` for ``epochs`` epochs; samples/s and data-wait share of the epochs after the first."""
+    """Train ``spec`` for ``epochs`` epochs; samples/s, data-wait share and step time of the epochs after the first."""
     set_determinism(seed=0)
-    device = torch.device(device)
+    device = torch.device(device_name)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     network = build_network(spec, head="angular").to(device=device, memory_format=layout)
     dataset = CacheDataset(items, train_transforms(), cache_rate=1.0, num_workers=0, progress=False)
@@ -85,26 +84,10 @@ def bench_train(
         loss_function=build_loss("asoftmax"),
         amp=amp,
     )
-    data_timer, step_timer, epoch_timer = attach_epoch_timers(trainer)
-    seen: list[tuple[float, float, float, int]] = []
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _record(engine) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seen.append(
-            (data_timer.value(), step_timer.value(), epoch_timer.value(), engine.state.epoch_length * batch_size)
-        )
-
-    trainer.run()
-    timed = seen[1:] or seen
-    data_s, step_s, wall_s = (sum(e[i] for e in timed) for i in range(3))
-    loss = trainer.state.output[0]["loss"] if isinstance(trainer.state.output, list) else trainer.state.output["loss"]
-    return {
-        "samples_per_s": sum(e[3] for e in timed) / wall_s,
-        "data_fraction": data_s / step_s,
-        "last_loss": float(loss),
-    }
+    row = run_timed(trainer, batch_size, cuda=device.type == "cuda")
+    output = trainer.state.output
+    row["last_loss"] = float((output[0] if isinstance(output, list) else output)["loss"])
+    return row
 
 
 def bench_latency(spec: str, device: str = "cuda") -> dict[str, float]:

@@ -53,7 +53,7 @@ from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.training.inferers import AutocastInferer, cpu_bf16_supported
 from naslung.transforms import train_transforms
 
-__all__ = ["main", "make_cubes", "attach_epoch_timers", "bench_loader", "bench_paths", "packaged_loader"]
+__all__ = ["main", "make_cubes", "run_timed", "bench_loader", "bench_paths", "packaged_loader"]
 
 #: Where the side-by-side comparison of the training step's precision is written.
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "train_step.json"
@@ -95,8 +95,18 @@ def make_cubes(folder: Path, count: int, seed: int = 0, folds: int = 5) -> list[
     return items
 
 
-def attach_epoch_timers(trainer: SupervisedTrainer) -> tuple[Timer, Timer, Timer]:
-    """Ignite timers of each epoch: waiting for batches, whole steps (waiting included) and the epoch's wall time."""
+def run_timed(trainer: SupervisedTrainer, batch_size: int, cuda: bool = False) -> dict[str, float]:
+    """Run ``trainer``, timing each epoch with Ignite timers: the wait for batches, whole steps (waiting included) and
+    the epoch's wall time; the first epoch is a warm-up and is left out unless it is the only one.
+
+    Args:
+        trainer: a MONAI ``SupervisedTrainer``, not yet run.
+        batch_size: its loader's batch size.
+        cuda: synchronise the GPU before reading each epoch's timers.
+
+    Returns:
+        ``samples_per_s`` (over the epochs' wall time), ``data_fraction`` (waiting share of step time) and ``step_ms``.
+    """
     data_timer, step_timer, epoch_timer = Timer(), Timer(), Timer()
     data_timer.attach(
         trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
@@ -105,7 +115,25 @@ def attach_epoch_timers(trainer: SupervisedTrainer) -> tuple[Timer, Timer, Timer
         trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.ITERATION_COMPLETED
     )
     epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
-    return data_timer, step_timer, epoch_timer
+    epochs_seen: list[tuple[float, float, float, int]] = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _record(engine) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+        epochs_seen.append(
+            (data_timer.value(), step_timer.value(), epoch_timer.value(), engine.state.epoch_length * batch_size)
+        )
+
+    trainer.run()
+    timed = epochs_seen[1:] or epochs_seen
+    data_s, step_s, wall_s = (sum(e[i] for e in timed) for i in range(3))
+    samples = sum(e[3] for e in timed)
+    return {
+        "samples_per_s": samples / wall_s,
+        "data_fraction": data_s / step_s,
+        "step_ms": 1e3 * step_s / (samples / batch_size),
+    }
 
 
 def bench_loader(
@@ -171,25 +199,7 @@ def _bench_loader(
         loss_function=build_loss("asoftmax"),
         inferer=AutocastInferer("cpu", "bfloat16", enabled=True) if bf16 else SimpleInferer(),
     )
-    data_timer, step_timer, epoch_timer = attach_epoch_timers(trainer)
-    epochs_seen: list[tuple[float, float, float, int]] = []
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _record(engine) -> None:
-        epochs_seen.append(
-            (data_timer.value(), step_timer.value(), epoch_timer.value(), engine.state.epoch_length * batch_size)
-        )
-
-    trainer.run()
-    timed = epochs_seen[1:] or epochs_seen
-    data_s, step_s, wall_s = (sum(e[i] for e in timed) for i in range(3))
-    samples = sum(e[3] for e in timed)
-    return {
-        "samples_per_s": samples / wall_s,
-        "data_fraction": data_s / step_s,
-        "step_ms": 1e3 * step_s / (samples / batch_size),
-        "cache_s": cache_s,
-    }
+    return {**run_timed(trainer, batch_size), "cache_s": cache_s}
 
 
 def _path_run(args: tuple) -> dict[str, float]:

@@ -36,30 +36,29 @@ from naslung.transforms import eval_transforms
 RESULTS_FILE = Path(__file__).resolve().parents[1] / "results" / "recipe" / "tta.json"
 
 
-def symmetries(kind: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(axis permutation, flipped axes) pairs over the spatial dims 2-4 of a ``(B, 1, X, Y, Z)`` batch."""
-    flips = [tuple(a + 2 for a in axes) for r in range(4) for axes in itertools.combinations(range(3), r)]
-    if kind == "none":
-        return [((0, 1, 2, 3, 4), ())]
-    perms = (
-        [(0, 1, 2, 3, 4)]
-        if kind == "flips"
-        else [(0, 1, *(p + 2 for p in perm)) for perm in itertools.permutations(range(3))]
-    )
-    return [(perm, flip) for perm in perms for flip in flips]
+#: The 48 symmetries of the cube as (axis permutation, flipped axes) over the spatial dims 2-4 of a ``(B, 1, X, Y, Z)``
+#: batch, identity first and the 8 flips of the unpermuted cube before the rest, so each way below is a prefix.
+SYMMETRIES: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = tuple(
+    ((0, 1, *(p + 2 for p in perm)), tuple(a + 2 for a in axes))
+    for perm in itertools.permutations(range(3))
+    for r in range(4)
+    for axes in itertools.combinations(range(3), r)
+)
+#: How many leading :data:`SYMMETRIES` each way averages.
+WAYS: dict[str, int] = {"none": 1, "flips": 8, "cube": 48}
 
 
 @torch.inference_mode()
-def probabilities(network: torch.nn.Module, cubes: torch.Tensor, kind: str) -> np.ndarray:
-    """Mean softmax probability of malignancy of ``cubes`` ``(N, 1, 32, 32, 32)`` over the symmetries of ``kind``."""
-    total = torch.zeros(len(cubes))
-    views = symmetries(kind)
-    for perm, flip in views:
+def view_probabilities(network: torch.nn.Module, cubes: torch.Tensor) -> np.ndarray:
+    """Softmax probability of malignancy of ``cubes`` ``(N, 1, 32, 32, 32)`` under each of :data:`SYMMETRIES`:
+    ``(48, N)``."""
+    rows = []
+    for perm, flip in SYMMETRIES:
         view = cubes.permute(perm)
         if flip:
             view = view.flip(flip)
-        total += torch.softmax(network(view.contiguous()).float(), dim=1)[:, 1]
-    return (total / len(views)).numpy()
+        rows.append(torch.softmax(network(view.contiguous()).float(), dim=1)[:, 1])
+    return torch.stack(rows).numpy()
 
 
 def main() -> None:
@@ -80,8 +79,9 @@ def main() -> None:
             labels = np.array([int(r["label"]) for r in saved])
             network = load_trained_network(fold_dir)
             row = {"run": str(run), "model": f"{fold_dir.parent.name}/{fold_dir.name}", "n_val": len(saved)}
-            for kind in ("none", "flips", "cube"):
-                prob = probabilities(network, cubes, kind)
+            views = view_probabilities(network, cubes)
+            for kind, count in WAYS.items():
+                prob = views[:count].mean(0)
                 row[f"auc_{kind}"] = float(roc_auc_score(labels, prob))
                 row[f"accuracy_{kind}"] = float(((prob > 0.5) == labels).mean())
                 if kind == "none":
