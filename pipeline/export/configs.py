@@ -18,7 +18,10 @@ __all__ = [
     "to_bundle_refs",
     "require_scripts",
     "scripts_imports_as_items",
+    "LAYOUT_TARGETS",
+    "network_kind",
     "bundle_network_def",
+    "member_train_config",
     "bundle_train_config",
     "bundle_inference_config",
     "iter_components",
@@ -116,8 +119,18 @@ def _add_imports(config: dict[str, Any], *statements: str) -> None:
     config["imports"] = imports
 
 
-def bundle_network_def(member: BundleMember) -> dict[str, Any]:
-    """The member's ``network_def`` with every reference resolved, its target made a bundle one."""
+#: The factory function a training config's ``network_def`` names.
+_FACTORY_TARGET = "naslung.networks.build_network"
+#: The class a spec member's ``network_def`` builds in a bundle, by ``layout`` (the factory's own choice,
+#: :data:`naslung.networks.factory.LAYOUTS`), so that the bundle need not ship the factory and the baselines.
+LAYOUT_TARGETS: dict[str, str] = {
+    "naslung": "naslung.networks.cbam_resnet.CBAMResNet3D",
+    "reference": "naslung.networks.reference_convres.ReferenceConvRes3D",
+}
+
+
+def _resolved_network_kwargs(member: BundleMember) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the member's ``network_def`` component, its arguments with every reference resolved)."""
     config = member.config
     definition = config.get("network_def")
     if not isinstance(definition, dict) or "_target_" not in definition:
@@ -129,15 +142,57 @@ def bundle_network_def(member: BundleMember) -> dict[str, Any]:
             continue
         value = parser.get_parsed_content(f"network_def#{key}", instantiate=False)
         kwargs[key] = value.to_list() if hasattr(value, "to_list") else value
+    return definition, kwargs
+
+
+def network_kind(member: BundleMember) -> str:
+    """``"naslung"`` or ``"reference"`` for a member built from a spec by the factory (its ``layout``), else
+    ``"factory"`` (a baseline, or a ``network_def`` with another target): the keys of
+    :data:`naslung.pipeline.export.scripts.NETWORK_KIND_MODULES`."""
+    definition, kwargs = _resolved_network_kwargs(member)
+    if definition["_target_"] != _FACTORY_TARGET or not str(kwargs.get("name_or_spec", "")).strip().startswith("["):
+        return "factory"
+    layout = kwargs.get("layout") or "naslung"
+    if layout not in LAYOUT_TARGETS:
+        raise ConfigError(
+            f"{member.fold_dir / 'config.json'}: network_def layout {layout!r} is not one of {sorted(LAYOUT_TARGETS)}"
+        )
+    return str(layout)
+
+
+def _layout_network_def(definition: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A factory ``network_def`` of a spec as the layout class's own: ``name_or_spec`` becomes ``arch``."""
+    if kind not in LAYOUT_TARGETS:
+        return dict(definition)
+    out = {"_target_": LAYOUT_TARGETS[kind]}
+    for key, value in definition.items():
+        if key == "name_or_spec":
+            out["arch"] = value
+        elif key not in ("_target_", "layout"):
+            out[key] = value
+    return out
+
+
+def bundle_network_def(member: BundleMember) -> dict[str, Any]:
+    """The member's ``network_def`` with every reference resolved, its target made a bundle one: a spec's
+    layout class (:data:`LAYOUT_TARGETS`), or the factory for a baseline."""
+    definition, kwargs = _resolved_network_kwargs(member)
     if str(kwargs.get("name_or_spec", "")).strip().startswith("["):
         kwargs["name_or_spec"] = str(kwargs["name_or_spec"]).replace(" ", "")
-    target = to_bundle_refs(definition["_target_"])
-    return {"_target_": target, "_requires_": "@scripts_path", **kwargs}
+    resolved = _layout_network_def({"_target_": definition["_target_"], **kwargs}, network_kind(member))
+    return {"_target_": to_bundle_refs(resolved.pop("_target_")), "_requires_": "@scripts_path", **resolved}
+
+
+def member_train_config(member: BundleMember) -> dict[str, Any]:
+    """The member's training config with its ``network_def`` as in :func:`bundle_network_def` (references kept)."""
+    config = copy.deepcopy(member.config)
+    config["network_def"] = _layout_network_def(config["network_def"], network_kind(member))
+    return config
 
 
 def bundle_train_config(members: Sequence[BundleMember], overlay: dict[str, Any], ensemble: bool) -> dict[str, Any]:
     """naslung's training config of the (first) member, with the bundle's data, weights and code."""
-    config = to_bundle_refs(copy.deepcopy(members[0].config))
+    config = to_bundle_refs(member_train_config(members[0]))
     overlay = copy.deepcopy(overlay)
     if ensemble:
         overlay["members"] = [

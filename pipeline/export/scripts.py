@@ -8,7 +8,7 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,12 @@ __all__ = [
     "INFERENCE_MODULES",
     "FINE_TUNING_MODULES",
     "BUNDLE_MODULES",
+    "NETWORK_KIND_MODULES",
     "BUNDLE_PACKAGE_EXPORTS",
     "RUNTIME_MODULES",
     "BUNDLE_REQUIREMENTS",
+    "bundle_modules",
+    "bundle_package_exports",
     "module_source",
     "modules_named_in_configs",
     "rewrite_naslung_imports",
@@ -81,8 +84,28 @@ FINE_TUNING_MODULES: tuple[str, ...] = (
     "naslung.pipeline.training.inferers",
     "naslung.pipeline.training.lr_schedule",
 )
-#: Every module a bundle's ``scripts/naslung_bundle/`` holds (a fixed list: nothing is added by following imports).
+#: Every module a bundle's ``scripts/naslung_bundle/`` can hold (a fixed list: nothing is added by following imports);
+#: a bundle ships those of :func:`bundle_modules` for the kinds of network its members are.
 BUNDLE_MODULES: tuple[str, ...] = (*INFERENCE_MODULES, *FINE_TUNING_MODULES)
+#: The network modules of :data:`INFERENCE_MODULES` that only some bundles need, by the kind of network a member is:
+#: a spec in naslung's layout (``"naslung"``, :class:`~naslung.networks.CBAMResNet3D`) needs none of them, one in the
+#: authors' layout (``"reference"``) the reference blocks and net, and a factory baseline (``"factory"``: MONAI's
+#: nets, MC3-18, built by :func:`~naslung.networks.build_network`) the factory, which imports every kind.
+NETWORK_KIND_MODULES: dict[str, tuple[str, ...]] = {
+    "naslung": (),
+    "reference": (
+        "naslung.networks.blocks.reference_cbam",
+        "naslung.networks.blocks.reference_residual",
+        "naslung.networks.reference_convres",
+    ),
+    "factory": (
+        "naslung.networks.blocks.reference_cbam",
+        "naslung.networks.blocks.reference_residual",
+        "naslung.networks.reference_convres",
+        "naslung.networks.mc3",
+        "naslung.networks.factory",
+    ),
+}
 #: Packages whose ``__init__`` in the bundle is generated, re-exporting only these names (naslung's own ``__init__``
 #: imports the whole package: the supernet, ONNX export, profiling): ``{package: {module: names}}``.
 BUNDLE_PACKAGE_EXPORTS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -121,6 +144,31 @@ BUNDLE_REQUIREMENTS: dict[str, str] = {
 }
 #: Prefix of a bundle config's references to the copied code: ``naslung.x`` becomes ``scripts.naslung_bundle.x``.
 SCRIPTS_TARGET = f"scripts.{BUNDLE_PACKAGE}."
+
+
+def bundle_modules(network_kinds: Iterable[str]) -> tuple[str, ...]:
+    """The modules a bundle whose members are networks of ``network_kinds`` ships (keys of
+    :data:`NETWORK_KIND_MODULES`), in :data:`BUNDLE_MODULES` order.
+
+    Raises:
+        ConfigError: for an unknown kind.
+    """
+    kinds = set(network_kinds)
+    unknown = sorted(kinds - set(NETWORK_KIND_MODULES))
+    if unknown:
+        raise ConfigError(f"unknown network kinds {unknown}; use {sorted(NETWORK_KIND_MODULES)}")
+    optional = {module for modules in NETWORK_KIND_MODULES.values() for module in modules}
+    wanted = {module for kind in kinds for module in NETWORK_KIND_MODULES[kind]}
+    return tuple(module for module in BUNDLE_MODULES if module not in optional or module in wanted)
+
+
+def bundle_package_exports(modules: Iterable[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """:data:`BUNDLE_PACKAGE_EXPORTS` without the names of modules a bundle does not ship."""
+    shipped = set(modules)
+    return {
+        package: {module: names for module, names in exports.items() if module in shipped}
+        for package, exports in BUNDLE_PACKAGE_EXPORTS.items()
+    }
 
 
 def _bundle_parts(module: str) -> list[str]:
@@ -261,11 +309,13 @@ def modules_named_in_configs(config: Any) -> set[str]:
     return found
 
 
-def _undeclared_imports(module: str, source: str, is_package: bool) -> list[str]:
-    """The naslung imports of ``module`` (at any depth) that the bundle does not hold: modules outside
-    :data:`BUNDLE_MODULES`, or names a generated package (:data:`BUNDLE_PACKAGE_EXPORTS`) does not export."""
+def _undeclared_imports(
+    module: str, source: str, is_package: bool, shipped: Iterable[str], exports: dict[str, dict[str, tuple[str, ...]]]
+) -> list[str]:
+    """The naslung imports of ``module`` (at any depth) that the bundle does not hold: modules outside ``shipped``,
+    or names a generated package (``exports``, see :data:`BUNDLE_PACKAGE_EXPORTS`) does not export."""
     package = module if is_package else module.rpartition(".")[0]
-    declared = set(BUNDLE_MODULES) | {"naslung", "naslung.bundles"}
+    declared = set(shipped) | {"naslung", "naslung.bundles"}
     problems: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -284,12 +334,12 @@ def _undeclared_imports(module: str, source: str, is_package: bool) -> list[str]
             base = node.module or ""
         if base.split(".")[0] != "naslung":
             continue
-        exported = {name for names in BUNDLE_PACKAGE_EXPORTS.get(base, {}).values() for name in names}
+        exported = {name for names in exports.get(base, {}).values() for name in names}
         for alias in node.names:
             full = f"{base}.{alias.name}"
             if full in declared or (base in declared and not module_source(full)):
                 continue
-            if base in BUNDLE_PACKAGE_EXPORTS and alias.name in exported:
+            if base in exports and alias.name in exported:
                 continue
             problems.append(f"line {node.lineno}: {full}")
     return problems
@@ -310,12 +360,16 @@ def _package_init(package: str, exports: dict[str, tuple[str, ...]]) -> str:
 
 
 def generate_bundle_scripts(
-    scripts_dir: str | os.PathLike, config_modules: Iterable[str] = (), naslung_version: str = ""
+    scripts_dir: str | os.PathLike,
+    config_modules: Iterable[str] = (),
+    naslung_version: str = "",
+    modules: Sequence[str] = BUNDLE_MODULES,
 ) -> list[str]:
-    """Copy the declared naslung modules a bundle runs (:data:`BUNDLE_MODULES`) into ``scripts_dir/naslung_bundle``.
+    """Copy the declared naslung modules a bundle runs into ``scripts_dir/naslung_bundle``.
 
     The list is fixed: :data:`INFERENCE_MODULES` (what ``inference.json`` needs) and :data:`FINE_TUNING_MODULES`
-    (what ``train.json`` adds). Nothing is added by following imports; instead, a copied module that imports a naslung
+    (what ``train.json`` adds), less the network modules its members do not need (``modules``, from
+    :func:`bundle_modules`). Nothing is added by following imports; instead, a copied module that imports a naslung
     module outside the list, or a config naming one, is an error. ``naslung.a.b`` lands in ``naslung_bundle/a/b.py``
     (``naslung.bundles.runtime.x`` in ``naslung_bundle/runtime/x.py``) with its naslung imports made relative
     (:func:`rewrite_naslung_imports`; the runtime sits one level higher in the bundle than in naslung, so the one
@@ -326,6 +380,7 @@ def generate_bundle_scripts(
         scripts_dir: the bundle's ``scripts`` folder (created).
         config_modules: naslung modules the bundle's configs name; each must be in the bundle.
         naslung_version: recorded in the package docstring.
+        modules: the modules to ship, a subset of :data:`BUNDLE_MODULES` (default: all of them).
 
     Returns:
         the copied module names, sorted.
@@ -335,7 +390,12 @@ def generate_bundle_scripts(
             or imports at module level a third-party package outside :data:`BUNDLE_REQUIREMENTS`.
     """
     target = Path(scripts_dir)
-    declared = set(BUNDLE_MODULES) | set(BUNDLE_PACKAGE_EXPORTS) | {"naslung", "naslung.bundles"}
+    modules = tuple(modules)
+    not_declared = sorted(set(modules) - set(BUNDLE_MODULES))
+    if not_declared:
+        raise ConfigError(f"{not_declared} are not in naslung.pipeline.export.scripts.BUNDLE_MODULES")
+    exports = bundle_package_exports(modules)
+    declared = set(modules) | set(exports) | {"naslung", "naslung.bundles"}
     outside_list = sorted(set(config_modules) - declared)
     if outside_list:
         raise ConfigError(
@@ -344,7 +404,7 @@ def generate_bundle_scripts(
         )
     allowed = set(BUNDLE_REQUIREMENTS) | set(sys.stdlib_module_names) | {"__future__"}
     package_root = target / BUNDLE_PACKAGE
-    for module in BUNDLE_MODULES:
+    for module in modules:
         found = module_source(module)
         if found is None:
             raise ConfigError(
@@ -352,7 +412,7 @@ def generate_bundle_scripts(
             )
         path, is_package = found
         source = path.read_text(encoding="utf-8")
-        undeclared = _undeclared_imports(module, source, is_package)
+        undeclared = _undeclared_imports(module, source, is_package, modules, exports)
         if undeclared:
             raise ConfigError(
                 f"{module} imports {undeclared}, which a bundle does not ship; add the module to "
@@ -372,18 +432,18 @@ def generate_bundle_scripts(
         destination.parent.mkdir(parents=True, exist_ok=True)
         header = f"# Generated by `naslung export-bundle` from {module}; edit naslung, not this copy.\n"
         destination.write_text(header + rewrite_naslung_imports(source, module, is_package), encoding="utf-8")
-    for package, exports in BUNDLE_PACKAGE_EXPORTS.items():
+    for package, package_exports in exports.items():
         init = package_root.joinpath(*_bundle_parts(package), "__init__.py")
         init.parent.mkdir(parents=True, exist_ok=True)
-        init.write_text(_package_init(package, exports), encoding="utf-8")
+        init.write_text(_package_init(package, package_exports), encoding="utf-8")
     for folder in sorted({p.parent for p in package_root.rglob("*.py")} | {package_root}):
         init = folder / "__init__.py"
         if not init.exists():
             init.write_text(f'"""Generated by `naslung export-bundle`: {folder.name} of the bundle code."""\n')
-    listing = ", ".join(sorted(BUNDLE_MODULES))
+    listing = ", ".join(sorted(modules))
     (package_root / "__init__.py").write_text(
         f'"""naslung {naslung_version} code used by this bundle\'s configs, copied at export time with relative '
         f'imports:\n{listing}."""\n'
     )
     (target / "__init__.py").write_text('"""Custom code of this MONAI bundle (imported from ``bundle_root``)."""\n')
-    return sorted(BUNDLE_MODULES)
+    return sorted(modules)

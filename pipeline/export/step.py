@@ -32,6 +32,8 @@ from naslung.pipeline.export.configs import (
     bundle_inference_config,
     bundle_network_def,
     bundle_train_config,
+    member_train_config,
+    network_kind,
     require_scripts,
 )
 from naslung.pipeline.export.docs import (
@@ -54,7 +56,7 @@ from naslung.pipeline.export.run_content import (
     resolve_member,
 )
 from naslung.pipeline.export.scripts import (
-    BUNDLE_MODULES,
+    bundle_modules,
     generate_bundle_scripts,
     module_source,
     modules_named_in_configs,
@@ -178,7 +180,8 @@ def export_bundle(
     defs = [bundle_network_def(member) for member in chosen]
     inference = require_scripts(bundle_inference_config(inference_template, defs, ensemble))
     train = bundle_train_config(chosen, train_overlay, ensemble)
-    config_modules = modules_named_in_configs([m.config for m in chosen])
+    config_modules = modules_named_in_configs([member_train_config(m) for m in chosen])
+    modules = bundle_modules(network_kind(member) for member in chosen)
     data = describe_data(run)
     ensemble_metrics = ensemble_eval_metrics(run) if ensemble else {}
     versions = package_versions()
@@ -187,7 +190,7 @@ def export_bundle(
         [(m.slug, str(m.fold_dir.relative_to(run)), _sha256(m.weights), m.config, m.cv_metrics) for m in chosen],
         ensemble_metrics,
         data.__dict__,
-        _sources_digest(sources, BUNDLE_MODULES),
+        _sources_digest(sources, modules),
         {k: v for k, v in versions.items() if k != "naslung"},
     )
     marker_dir = out.parent / ".export_done" / out.name
@@ -198,8 +201,8 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        summary = _build(work, run, kind, chosen, defs, inference, train, config_modules, data, ensemble_metrics,
-                         versions, sources, progress)  # fmt: skip
+        summary = _build(work, run, kind, chosen, defs, inference, train, config_modules, modules, data,
+                         ensemble_metrics, versions, sources, progress)  # fmt: skip
         work.chmod(0o755)
         _replace_dir(work, out)
     except BaseException:
@@ -219,6 +222,7 @@ def _build(
     inference: dict[str, Any],
     train: dict[str, Any],
     config_modules: set[str],
+    modules: Sequence[str],
     data: DataDescription,
     ensemble_metrics: dict[str, Any],
     versions: dict[str, str],
@@ -232,7 +236,7 @@ def _build(
         (work / folder).mkdir()
     shutil.copyfile(sources / "LICENSE", work / "LICENSE")
     write_sample_data(work / "sample")
-    modules = generate_bundle_scripts(work / "scripts", config_modules, versions["naslung"])
+    shipped = generate_bundle_scripts(work / "scripts", config_modules, versions["naslung"], modules)
 
     # weights: plain state_dicts, checked against the network naslung builds from the same definition
     weights = [load_state_dict_file(member.weights) for member in chosen]
@@ -316,7 +320,7 @@ def _build(
             ),
         },
         naslung_version=versions["naslung"],
-        scripts_modules=modules,
+        scripts_modules=shipped,
     )
     metadata["description"] = bundle_description(kind, chosen, texts["data_short"])
     write_json(work / "configs" / "metadata.json", metadata, indent=4)

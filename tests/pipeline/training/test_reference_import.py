@@ -134,7 +134,10 @@ def test_imported_fold_ships_as_a_bundle_with_the_authors_logits(tmp_path):
     bundle = export_bundle(run_dir, tmp_path / "bundle", members=["model1-reference"])
 
     config = json.loads((bundle.path / "configs" / "inference.json").read_text())
-    assert config["network_def"]["layout"] == "reference"
+    assert config["network_def"]["_target_"] == "scripts.naslung_bundle.networks.reference_convres.ReferenceConvRes3D"
+    shipped = {p.name for p in (bundle.path / "scripts" / "naslung_bundle" / "networks").rglob("*.py")}
+    assert {"reference_convres.py", "reference_cbam.py", "cbam_resnet.py"} <= shipped
+    assert not shipped & {"factory.py", "mc3.py"}
     parser = ConfigParser(config)
     parser["bundle_root"] = str(bundle.path)
     network = parser.get_parsed_content("network_def")  # the bundle's own copy of the code (scripts/)
