@@ -20,6 +20,7 @@ __all__ = [
     "scripts_imports_as_items",
     "LAYOUT_TARGETS",
     "network_kind",
+    "member_network_kwargs",
     "bundle_network_def",
     "member_train_config",
     "bundle_train_config",
@@ -173,12 +174,21 @@ def _layout_network_def(definition: dict[str, Any], kind: str) -> dict[str, Any]
     return out
 
 
+def member_network_kwargs(member: BundleMember) -> dict[str, Any]:
+    """The arguments of the member's ``network_def`` as its training config gives them, every reference resolved
+    (for a spec, :func:`naslung.networks.build_network`'s ``name_or_spec`` without spaces): what ``metadata.json``
+    records and what the smoke check builds the member from with naslung."""
+    _, kwargs = _resolved_network_kwargs(member)
+    if str(kwargs.get("name_or_spec", "")).strip().startswith("["):
+        kwargs["name_or_spec"] = str(kwargs["name_or_spec"]).replace(" ", "")
+    return kwargs
+
+
 def bundle_network_def(member: BundleMember) -> dict[str, Any]:
     """The member's ``network_def`` with every reference resolved, its target made a bundle one: a spec's
     layout class (:data:`LAYOUT_TARGETS`), or the factory for a baseline."""
-    definition, kwargs = _resolved_network_kwargs(member)
-    if str(kwargs.get("name_or_spec", "")).strip().startswith("["):
-        kwargs["name_or_spec"] = str(kwargs["name_or_spec"]).replace(" ", "")
+    definition, _ = _resolved_network_kwargs(member)
+    kwargs = member_network_kwargs(member)
     resolved = _layout_network_def({"_target_": definition["_target_"], **kwargs}, network_kind(member))
     return {"_target_": to_bundle_refs(resolved.pop("_target_")), "_requires_": "@scripts_path", **resolved}
 

@@ -32,6 +32,7 @@ from naslung.pipeline.export.configs import (
     bundle_inference_config,
     bundle_network_def,
     bundle_train_config,
+    member_network_kwargs,
     member_train_config,
     network_kind,
     require_scripts,
@@ -263,12 +264,12 @@ def _build(
         {
             "slug": member.slug,
             "spec": member.spec,
-            "network_def": {k: v for k, v in d.items() if not k.startswith("_")},
+            "network_def": member_network_kwargs(member),
             "loss_name": member.config.get("loss_name"),
             "parameters": count,
             "weights": f"{member.fold_dir.name} of RUN/train/{member.slug}",
         }
-        for member, d, count in zip(chosen, defs, parameters, strict=True)
+        for member, count in zip(chosen, parameters, strict=True)
     ]
     if ensemble:
         eval_metrics = ensemble_metrics
