@@ -130,8 +130,9 @@ LAYOUT_TARGETS: dict[str, str] = {
 }
 
 
-def _resolved_network_kwargs(member: BundleMember) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the member's ``network_def`` component, its arguments with every reference resolved)."""
+def _member_network(member: BundleMember) -> tuple[str, dict[str, Any], str]:
+    """(the target of the member's ``network_def``, its arguments with every reference resolved and a spec's
+    ``name_or_spec`` without spaces, its kind as :func:`network_kind` returns it), from one parse of the config."""
     config = member.config
     definition = config.get("network_def")
     if not isinstance(definition, dict) or "_target_" not in definition:
@@ -143,22 +144,25 @@ def _resolved_network_kwargs(member: BundleMember) -> tuple[dict[str, Any], dict
             continue
         value = parser.get_parsed_content(f"network_def#{key}", instantiate=False)
         kwargs[key] = value.to_list() if hasattr(value, "to_list") else value
-    return definition, kwargs
+    target = definition["_target_"]
+    if not str(kwargs.get("name_or_spec", "")).strip().startswith("["):
+        return target, kwargs, "factory"
+    kwargs["name_or_spec"] = str(kwargs["name_or_spec"]).replace(" ", "")
+    if target != _FACTORY_TARGET:
+        return target, kwargs, "factory"
+    layout = kwargs.get("layout") or "naslung"
+    if layout not in LAYOUT_TARGETS:
+        raise ConfigError(
+            f"{member.fold_dir / 'config.json'}: network_def layout {layout!r} is not one of {sorted(LAYOUT_TARGETS)}"
+        )
+    return target, kwargs, str(layout)
 
 
 def network_kind(member: BundleMember) -> str:
     """``"naslung"`` or ``"reference"`` for a member built from a spec by the factory (its ``layout``), else
     ``"factory"`` (a baseline, or a ``network_def`` with another target): the keys of
     :data:`naslung.pipeline.export.scripts.NETWORK_KIND_MODULES`."""
-    definition, kwargs = _resolved_network_kwargs(member)
-    if definition["_target_"] != _FACTORY_TARGET or not str(kwargs.get("name_or_spec", "")).strip().startswith("["):
-        return "factory"
-    layout = kwargs.get("layout") or "naslung"
-    if layout not in LAYOUT_TARGETS:
-        raise ConfigError(
-            f"{member.fold_dir / 'config.json'}: network_def layout {layout!r} is not one of {sorted(LAYOUT_TARGETS)}"
-        )
-    return str(layout)
+    return _member_network(member)[2]
 
 
 def _layout_network_def(definition: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -178,18 +182,14 @@ def member_network_kwargs(member: BundleMember) -> dict[str, Any]:
     """The arguments of the member's ``network_def`` as its training config gives them, every reference resolved
     (for a spec, :func:`naslung.networks.build_network`'s ``name_or_spec`` without spaces): what ``metadata.json``
     records and what the smoke check builds the member from with naslung."""
-    _, kwargs = _resolved_network_kwargs(member)
-    if str(kwargs.get("name_or_spec", "")).strip().startswith("["):
-        kwargs["name_or_spec"] = str(kwargs["name_or_spec"]).replace(" ", "")
-    return kwargs
+    return _member_network(member)[1]
 
 
 def bundle_network_def(member: BundleMember) -> dict[str, Any]:
     """The member's ``network_def`` with every reference resolved, its target made a bundle one: a spec's
     layout class (:data:`LAYOUT_TARGETS`), or the factory for a baseline."""
-    definition, _ = _resolved_network_kwargs(member)
-    kwargs = member_network_kwargs(member)
-    resolved = _layout_network_def({"_target_": definition["_target_"], **kwargs}, network_kind(member))
+    target, kwargs, kind = _member_network(member)
+    resolved = _layout_network_def({"_target_": target, **kwargs}, kind)
     return {"_target_": to_bundle_refs(resolved.pop("_target_")), "_requires_": "@scripts_path", **resolved}
 
 
