@@ -2,13 +2,16 @@
 
 Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax]
 [--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]
-[--ema 0.99] [--tta 1]``
+[--ema 0.99] [--tta 1] [--remap HU:U]``
 on a prepared data set
 (``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
 (0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
 in memory and augmented in torch (pad to 36, random 32 crop, flips, quarter turns), with the pipeline's networks and
 losses (``naslung.networks``). Beside each run it prints the diameter rule fitted on folds 0-7 and scored on folds 8-9.
-Writes ``benchmarks/results/recipe/NAME.json`` (arguments, per-epoch validation accuracy/AUC, mean of the last 5).
+Writes ``benchmarks/results/recipe/NAME.json`` (arguments, per-epoch validation accuracy/AUC, mean of the last 5, and
+``calcification_weight``: the last epoch's validation logit regressed on log-diameter and "some reader saw
+calcification", the second weight over the first; the readers' own logistic regression gives about -0.64, so a value
+near 0 means the network ignores the calcium it is shown).
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ p.add_argument("--snap_from", type=int, default=0)  # >0: also score the mean pr
 p.add_argument("--aux", type=float, default=0.0)  # >0: also regress log-diameter and the readers' 8 mean ratings
 # (standardised on the training split) from the pooled features with a linear head, MSE weighted by this (a training
 # target only: the network's input stays the cube)
+p.add_argument("--remap", default="")  # "HU:U": piecewise-linear input map sending the window's bottom to 0, HU to U
+# and the window's top (600 HU) to 1, instead of the linear window (more contrast above HU when U < its linear value)
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -78,6 +83,10 @@ if a.sel_fraction > 0:
     shuffled = np.random.default_rng(1000 + a.seed).permutation(tr)
     sel = np.sort(shuffled[: int(round(a.sel_fraction * len(tr)))])
     tr = np.sort(shuffled[len(sel) :])
+if a.remap:
+    knee_hu, knee_u = (float(v) for v in a.remap.split(":"))
+    knee_lin = (knee_hu + 1200.0) / 1800.0  # the cube's [-1200, 600] HU window in [0, 1]
+    cubes = np.interp(cubes, [0.0, knee_lin, 1.0], [0.0, knee_u, 1.0]).astype(np.float32)
 X = torch.from_numpy(cubes)[:, None]
 Y = torch.from_numpy(labels)
 # diameter rule on val
@@ -241,6 +250,20 @@ for ep in range(a.epochs):
     )
     hist.append(m)
     print(json.dumps(m), flush=True)
+
+def calcification_weight() -> float | None:
+    """Validation logit's weight on 'some reader saw calcification' relative to its weight on log-diameter
+    (least squares on the last epoch's val logits; the readers' logistic regression gives about -0.64)."""
+    cohort_csv = Path(a.data) / "cohort.csv"
+    if not cohort_csv.exists():
+        return None
+    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
+    calc = np.array([np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["calcification"].split(";")]) < 5.5 for i in va])
+    pr = np.clip(snapshots[-1], 1e-6, 1 - 1e-6)
+    coef = np.linalg.lstsq(np.c_[np.log(diam[va]), calc, np.ones(len(va))], np.log(pr / (1 - pr)), rcond=None)[0]
+    return float(coef[1] / coef[0])
+
+
 best = max(hist, key=lambda h: h["val_auc"])
 res = {
     "args": vars(a),
@@ -250,6 +273,7 @@ res = {
     "history": hist,
     "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
     "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
+    "calcification_weight": calcification_weight(),
     **{
         f"last5_{k}": float(np.mean([h[k] for h in hist[-5:]]))
         for k in hist[-1]
@@ -270,4 +294,11 @@ if len(sel):
 out = Path(__file__).resolve().parents[1] / "results" / "recipe" / f"{a.name}.json"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(res, indent=1), encoding="utf-8")
-print("DONE", a.name, "last5 acc {:.3f} auc {:.3f}".format(res["last5_acc"], res["last5_auc"]), flush=True)
+print(
+    "DONE",
+    a.name,
+    "last5 acc {:.3f} auc {:.3f}; last auc {:.4f}; calcification weight {}".format(
+        res["last5_acc"], res["last5_auc"], hist[-1]["val_auc"], res["calcification_weight"]
+    ),
+    flush=True,
+)
