@@ -63,8 +63,14 @@ p.add_argument("--snap_from", type=int, default=0)  # >0: also score the mean pr
 p.add_argument("--aux", type=float, default=0.0)  # >0: also regress log-diameter and the readers' 8 mean ratings
 # (standardised on the training split) from the pooled features with a linear head, MSE weighted by this (a training
 # target only: the network's input stays the cube)
-p.add_argument("--remap", default="")  # "HU:U": piecewise-linear input map sending the window's bottom to 0, HU to U
-# and the window's top (600 HU) to 1, instead of the linear window (more contrast above HU when U < its linear value)
+p.add_argument("--remap", default="")  # "HU:U[,HU:U...]": piecewise-linear input map sending the window's bottom to
+# 0, each HU knee to its U and the window's top (600 HU) to 1, instead of the linear window (more contrast between two
+# knees whose U differ by more than their linear values do)
+p.add_argument("--focal", type=float, default=0.0)  # >0: weight each sample's loss by (1 - p_true)^focal (p_true =
+# exp(-loss), the margin-adjusted probability of its class): hard examples count more, whatever made them hard
+p.add_argument("--texture_balance", type=int, default=0)  # 1: draw batches so that each (label, texture class) cell
+# is equally likely (ground glass <= 2.5 < part solid < 4 <= solid mean texture rating): a sampling weight from the
+# readers' ratings, never an input
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -84,9 +90,9 @@ if a.sel_fraction > 0:
     sel = np.sort(shuffled[: int(round(a.sel_fraction * len(tr)))])
     tr = np.sort(shuffled[len(sel) :])
 if a.remap:
-    knee_hu, knee_u = (float(v) for v in a.remap.split(":"))
-    knee_lin = (knee_hu + 1200.0) / 1800.0  # the cube's [-1200, 600] HU window in [0, 1]
-    cubes = np.interp(cubes, [0.0, knee_lin, 1.0], [0.0, knee_u, 1.0]).astype(np.float32)
+    knees = [tuple(float(v) for v in knee.split(":")) for knee in a.remap.split(",")]
+    knee_lin = [(hu + 1200.0) / 1800.0 for hu, _ in knees]  # the cube's [-1200, 600] HU window in [0, 1]
+    cubes = np.interp(cubes, [0.0, *knee_lin, 1.0], [0.0, *(u for _, u in knees), 1.0]).astype(np.float32)
 X = torch.from_numpy(cubes)[:, None]
 Y = torch.from_numpy(labels)
 # diameter rule on val
@@ -117,7 +123,17 @@ total = steps_per_epoch * a.epochs
 kw = {}
 if a.loss == "asoftmax" and a.lam_frac > 0:
     kw = dict(gamma=(1500 / 5 - 1) / (a.lam_frac * total))
+if a.focal > 0:
+    kw["reduction"] = "none"
 loss_fn = build_loss(a.loss, **kw)
+sample_weights = None
+if a.texture_balance:
+    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
+    tex = np.array([np.mean([float(v) for v in cohort[r["nodule_id"]]["texture"].split(";")]) for r in rows])
+    cell = labels * 3 + np.digitize(tex, [2.5 + 1e-9, 4.0])
+    counts = np.bincount(cell[tr], minlength=6)
+    sample_weights = 1.0 / np.maximum(counts[cell[tr]], 1)
+    sample_weights /= sample_weights.sum()
 params = list(net.parameters()) + (list(aux_head.parameters()) if aux_head is not None else [])
 if a.opt == "adam":
     opt = (
@@ -198,7 +214,9 @@ def evaluate(model=None, prefix="val", flips=((),), index=None):
 hist = []
 t0 = time.time()
 for ep in range(a.epochs):
-    if a.balance:
+    if sample_weights is not None:
+        order = rng.choice(tr, len(tr), p=sample_weights)
+    elif a.balance:
         w = np.where(labels[tr] == 1, 1 / labels[tr].mean(), 1 / (1 - labels[tr].mean()))
         w /= w.sum()
         order = rng.choice(tr, len(tr), p=w)
@@ -215,6 +233,8 @@ for ep in range(a.epochs):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
         loss = loss_fn(out.float(), yb)
+        if a.focal > 0:
+            loss = ((1 - torch.exp(-loss.detach())).clamp_min(0) ** a.focal * loss).mean()
         if aux_head is not None:
             loss = loss + a.aux * F.mse_loss(aux_head(pooled["features"].float()), T[idx])
         loss.backward()
@@ -264,6 +284,18 @@ def calcification_weight() -> float | None:
     return float(coef[1] / coef[0])
 
 
+def ground_glass_auc() -> float | None:
+    """Last epoch's validation AUC of the malignant ground-glass nodules (mean texture rating <= 2.5) against every
+    benign nodule: how well the network finds the faint malignant nodules that a size cue ranks low."""
+    cohort_csv = Path(a.data) / "cohort.csv"
+    if not cohort_csv.exists():
+        return None
+    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
+    texture = np.array([np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["texture"].split(";")]) for i in va])
+    keep = (labels[va] == 0) | (texture <= 2.5)
+    return float(roc_auc_score(labels[va][keep], snapshots[-1][keep]))
+
+
 best = max(hist, key=lambda h: h["val_auc"])
 res = {
     "args": vars(a),
@@ -274,6 +306,8 @@ res = {
     "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
     "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
     "calcification_weight": calcification_weight(),
+    "ground_glass_auc": ground_glass_auc(),
+    "val_probabilities": [round(float(v), 6) for v in snapshots[-1]],
     **{
         f"last5_{k}": float(np.mean([h[k] for h in hist[-5:]]))
         for k in hist[-1]
@@ -297,8 +331,8 @@ out.write_text(json.dumps(res, indent=1), encoding="utf-8")
 print(
     "DONE",
     a.name,
-    "last5 acc {:.3f} auc {:.3f}; last auc {:.4f}; calcification weight {}".format(
-        res["last5_acc"], res["last5_auc"], hist[-1]["val_auc"], res["calcification_weight"]
+    "last5 acc {:.3f} auc {:.3f}; last auc {:.4f}; calcification weight {}; ground-glass auc {}".format(
+        res["last5_acc"], res["last5_auc"], hist[-1]["val_auc"], res["calcification_weight"], res["ground_glass_auc"]
     ),
     flush=True,
 )
