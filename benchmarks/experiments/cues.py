@@ -13,8 +13,9 @@ writes, beside the diameter rule's AUC:
 - ``lowest_malignant_texture``: the mean texture rating (1 ground glass .. 5 solid) of the 10 malignant nodules the
   ensemble scores lowest, beside all malignant nodules' mean.
 
-And over all cubes (``cube_calcium``): the share of calcified and of other nodules with a voxel above 250 HU in the
-central 16³. Writes ``benchmarks/results/cues/NAME.json``. Reads only a finished run's outputs; trains nothing.
+And over all cubes: the share of calcified and of other nodules with a voxel above 250 HU in the central 16³
+(``cube_calcium``), and the median HU of the central 4³ of ground-glass nodules (mean texture rating <= 2.5) and of the
+others beside the median 10th percentile of a cube, about the lung around a nodule (``ground_glass``). Writes ``benchmarks/results/cues/NAME.json``. Reads only a finished run's outputs; trains nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def mean_rating(value: str) -> float:
 def calcified(row: dict) -> bool:
     """Whether some reader saw calcification (LIDC calcification code 6 is 'absent')."""
     return mean_rating(row["calcification"]) < 5.5
+
+
+def ground_glass(row: dict) -> bool:
+    """Whether the readers' mean texture rating is at most 2.5 (1 ground glass .. 5 solid)."""
+    return mean_rating(row["texture"]) <= 2.5
 
 
 def calcification_weight(probability: np.ndarray, log_diameter: np.ndarray, calc: np.ndarray) -> float:
@@ -83,6 +89,8 @@ def main() -> None:
             "n": len(y),
             "n_calcified": int(calc.sum()),
             "n_calcified_malignant": int(y[calc].sum()),
+            "n_malignant": int(y.sum()),
+            "n_malignant_ground_glass": int(sum(1 for k in np.where(y == 1)[0] if ground_glass(cohort[ids[k]]))),
             "diameter_auc": float(roc_auc_score(y, log_d)),
             "diameter_calcification_auc": float(
                 roc_auc_score(y, fitted.predict_proba(np.column_stack([log_d, calc]))[:, 1])
@@ -107,10 +115,14 @@ def main() -> None:
     threshold = (CALCIFIED_HU - low) / (high - low)
     manifest = list(csv.DictReader(open(run / "data" / "manifest.csv", encoding="utf-8")))
     bright = {True: [], False: []}
+    core_hu = {True: [], False: []}
+    background_hu = []
     for row in manifest:
         cube = np.load(run / "data" / row["image"])
         centre = cube[8:24, 8:24, 8:24]
         bright[calcified(cohort[row["nodule_id"]])].append(bool((centre > threshold).any()))
+        core_hu[ground_glass(cohort[row["nodule_id"]])].append(low + (high - low) * float(cube[14:18, 14:18, 14:18].mean()))
+        background_hu.append(low + (high - low) * float(np.percentile(cube, 10)))
     result["cube_calcium"] = {
         "threshold_hu": CALCIFIED_HU,
         "calcified_with_bright_voxel": float(np.mean(bright[True])),
@@ -118,10 +130,16 @@ def main() -> None:
         "other_with_bright_voxel": float(np.mean(bright[False])),
         "n_other": len(bright[False]),
     }
+    result["ground_glass"] = {
+        "median_core_hu": float(np.median(core_hu[True])),
+        "n": len(core_hu[True]),
+        "other_median_core_hu": float(np.median(core_hu[False])),
+        "median_cube_p10_hu": float(np.median(background_hu)),
+    }
     out = Path(__file__).resolve().parents[1] / "results" / "cues" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=1)
-    print(json.dumps(result["cube_calcium"]), "->", out)
+    print(json.dumps(result["cube_calcium"]), json.dumps(result["ground_glass"]), "->", out)
     for entry in result["folds"]:
         nets = {k: (round(v["auc"], 3), round(v["calcification_weight"], 2)) for k, v in entry["networks"].items()}
         print(entry["fold"], round(entry["diameter_auc"], 3), round(entry["diameter_calcification_auc"], 3), nets)
