@@ -15,7 +15,8 @@ writes, beside the diameter rule's AUC:
 
 And over all cubes: the share of calcified and of other nodules with a voxel above 250 HU in the central 16³
 (``cube_calcium``), and the median HU of the central 4³ of ground-glass nodules (mean texture rating <= 2.5) and of the
-others beside the median 10th percentile of a cube, about the lung around a nodule (``ground_glass``). Writes ``benchmarks/results/cues/NAME.json``. Reads only a finished run's outputs; trains nothing.
+others beside the median 10th percentile of a cube, about the lung around a nodule (``ground_glass``).
+Writes ``benchmarks/results/cues/NAME.json``. Reads only a finished run's outputs; trains nothing.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def main() -> None:
         cube = np.load(run / "data" / row["image"])
         centre = cube[8:24, 8:24, 8:24]
         bright[calcified(cohort[row["nodule_id"]])].append(bool((centre > threshold).any()))
-        core_hu[ground_glass(cohort[row["nodule_id"]])].append(low + (high - low) * float(cube[14:18, 14:18, 14:18].mean()))
+        core_hu[ground_glass(cohort[row["nodule_id"]])].append(
+            low + (high - low) * float(cube[14:18, 14:18, 14:18].mean())
+        )
         background_hu.append(low + (high - low) * float(np.percentile(cube, 10)))
     result["cube_calcium"] = {
         "threshold_hu": CALCIFIED_HU,

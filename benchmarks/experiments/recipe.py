@@ -71,6 +71,11 @@ p.add_argument("--focal", type=float, default=0.0)  # >0: weight each sample's l
 p.add_argument("--texture_balance", type=int, default=0)  # 1: draw batches so that each (label, texture class) cell
 # is equally likely (ground glass <= 2.5 < part solid < 4 <= solid mean texture rating): a sampling weight from the
 # readers' ratings, never an input
+p.add_argument("--pad", default="constant")  # how the 32-voxel cube is padded to 36 before the random crop: constant
+# (0, i.e. -1200 HU, the pipeline's and the paper's) or replicate (the edge voxels, so crops never show a dark slab
+# that test cubes never have)
+p.add_argument("--bn_recal", type=int, default=0)  # 1: after the last epoch, also score the network with its batch-norm
+# statistics recomputed over the un-augmented training cubes (torch.optim.swa_utils.update_bn), as test cubes come
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -155,7 +160,7 @@ else:
 
 def augment(x):
     B = x.shape[0]
-    x = F.pad(x, (2, 2, 2, 2, 2, 2))
+    x = F.pad(x, (2, 2, 2, 2, 2, 2), mode=a.pad)
     out = torch.empty(B, 1, 32, 32, 32)
     for i in range(B):
         o = rng.integers(0, 5, 3)
@@ -271,6 +276,19 @@ for ep in range(a.epochs):
     hist.append(m)
     print(json.dumps(m), flush=True)
 
+recalibrated = {}
+if a.bn_recal:
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    recal_net = copy.deepcopy(net)
+    plain = [(X[tr[s : s + 64]].contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)]
+    update_bn(plain, recal_net)
+    recalibrated = evaluate(recal_net, prefix="bn_recal")
+    print(json.dumps(recalibrated), flush=True)
+
+
 def calcification_weight() -> float | None:
     """Validation logit's weight on 'some reader saw calcification' relative to its weight on log-diameter
     (least squares on the last epoch's val logits; the readers' logistic regression gives about -0.64)."""
@@ -278,7 +296,9 @@ def calcification_weight() -> float | None:
     if not cohort_csv.exists():
         return None
     cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
-    calc = np.array([np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["calcification"].split(";")]) < 5.5 for i in va])
+    calc = np.array(
+        [np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["calcification"].split(";")]) < 5.5 for i in va]
+    )
     pr = np.clip(snapshots[-1], 1e-6, 1 - 1e-6)
     coef = np.linalg.lstsq(np.c_[np.log(diam[va]), calc, np.ones(len(va))], np.log(pr / (1 - pr)), rcond=None)[0]
     return float(coef[1] / coef[0])
@@ -305,6 +325,7 @@ res = {
     "history": hist,
     "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
     "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
+    **recalibrated,
     "calcification_weight": calcification_weight(),
     "ground_glass_auc": ground_glass_auc(),
     "val_probabilities": [round(float(v), 6) for v in snapshots[-1]],
