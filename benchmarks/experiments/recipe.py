@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cues import calcification_weight, calcified, ground_glass, mean_rating  # this folder's script, on sys.path
 from sklearn.metrics import roc_auc_score
 
 from naslung.networks import build_loss, build_network
@@ -134,7 +135,7 @@ loss_fn = build_loss(a.loss, **kw)
 sample_weights = None
 if a.texture_balance:
     cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
-    tex = np.array([np.mean([float(v) for v in cohort[r["nodule_id"]]["texture"].split(";")]) for r in rows])
+    tex = np.array([mean_rating(cohort[r["nodule_id"]]["texture"]) for r in rows])
     cell = labels * 3 + np.digitize(tex, [2.5 + 1e-9, 4.0])
     counts = np.bincount(cell[tr], minlength=6)
     sample_weights = 1.0 / np.maximum(counts[cell[tr]], 1)
@@ -289,30 +290,32 @@ if a.bn_recal:
     print(json.dumps(recalibrated), flush=True)
 
 
-def calcification_weight() -> float | None:
-    """Validation logit's weight on 'some reader saw calcification' relative to its weight on log-diameter
-    (least squares on the last epoch's val logits; the readers' logistic regression gives about -0.64)."""
+def validation_cohort_rows() -> list[dict] | None:
+    """The readers' rows (``DIR/cohort.csv``) of the validation nodules, in ``va`` order; None without the file."""
     cohort_csv = Path(a.data) / "cohort.csv"
     if not cohort_csv.exists():
         return None
     cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
-    calc = np.array(
-        [np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["calcification"].split(";")]) < 5.5 for i in va]
-    )
-    pr = np.clip(snapshots[-1], 1e-6, 1 - 1e-6)
-    coef = np.linalg.lstsq(np.c_[np.log(diam[va]), calc, np.ones(len(va))], np.log(pr / (1 - pr)), rcond=None)[0]
-    return float(coef[1] / coef[0])
+    return [cohort[rows[i]["nodule_id"]] for i in va]
+
+
+def last_epoch_calcification_weight() -> float | None:
+    """The last epoch's validation logits' weight on calcification over log-diameter (:func:`cues.calcification_weight`;
+    the readers' logistic regression gives about -0.64)."""
+    readers = validation_cohort_rows()
+    if readers is None:
+        return None
+    calc = np.array([calcified(r) for r in readers])
+    return calcification_weight(snapshots[-1], np.log(diam[va]), calc)
 
 
 def ground_glass_auc() -> float | None:
-    """Last epoch's validation AUC of the malignant ground-glass nodules (mean texture rating <= 2.5) against every
+    """Last epoch's validation AUC of the malignant ground-glass nodules (:func:`cues.ground_glass`) against every
     benign nodule: how well the network finds the faint malignant nodules that a size cue ranks low."""
-    cohort_csv = Path(a.data) / "cohort.csv"
-    if not cohort_csv.exists():
+    readers = validation_cohort_rows()
+    if readers is None:
         return None
-    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
-    texture = np.array([np.mean([float(v) for v in cohort[rows[i]["nodule_id"]]["texture"].split(";")]) for i in va])
-    keep = (labels[va] == 0) | (texture <= 2.5)
+    keep = (labels[va] == 0) | np.array([ground_glass(r) for r in readers])
     return float(roc_auc_score(labels[va][keep], snapshots[-1][keep]))
 
 
@@ -326,7 +329,7 @@ res = {
     "last5_auc": float(np.mean([h["val_auc"] for h in hist[-5:]])),
     "last5_acc": float(np.mean([h["val_acc"] for h in hist[-5:]])),
     **recalibrated,
-    "calcification_weight": calcification_weight(),
+    "calcification_weight": last_epoch_calcification_weight(),
     "ground_glass_auc": ground_glass_auc(),
     "val_probabilities": [round(float(v), 6) for v in snapshots[-1]],
     **{
