@@ -31,24 +31,21 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.data.cohort_table import read_cohort_csv
+from naslung.pipeline.ensemble.reference_models import mean_ratings
 from naslung.transforms.nodule_cube import HU_WINDOW
 
 CALCIFIED_HU = 250.0
 
 
-def mean_rating(value: str) -> float:
-    """Mean of a ``;``-separated list of reader ratings."""
-    return float(np.mean([float(v) for v in value.split(";")]))
-
-
 def calcified(row: dict) -> bool:
     """Whether some reader saw calcification (LIDC calcification code 6 is 'absent')."""
-    return mean_rating(row["calcification"]) < 5.5
+    return float(mean_ratings(row, ("calcification",))[0]) < 5.5
 
 
 def ground_glass(row: dict) -> bool:
     """Whether the readers' mean texture rating is at most 2.5 (1 ground glass .. 5 solid)."""
-    return mean_rating(row["texture"]) <= 2.5
+    return float(mean_ratings(row, ("texture",))[0]) <= 2.5
 
 
 def calcification_weight(probability: np.ndarray, log_diameter: np.ndarray, calc: np.ndarray) -> float:
@@ -65,7 +62,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
     run: Path = args.run
-    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(run / "data" / "cohort.csv", encoding="utf-8"))}
+    cohort = {r["nodule_id"]: r for r in read_cohort_csv(run / "data" / "cohort.csv")}
     rows = list(cohort.values())
     features = np.array([[np.log(float(r["diameter_mm"])), calcified(r)] for r in rows])
     labels = np.array([int(r["label"]) for r in rows])
@@ -76,7 +73,10 @@ def main() -> None:
         "readers_calcification_weight": float(readers.coef_[0, 1] / readers.coef_[0, 0]),
         "folds": [],
     }
-    for fold_dir in sorted((run / "ensemble").glob("fold_*")):
+    fold_dirs = sorted((run / "ensemble").glob("fold_*"))
+    if not fold_dirs:
+        raise SystemExit(f"{run / 'ensemble'}: no fold_*/predictions.csv; run the ensemble step first")
+    for fold_dir in fold_dirs:
         fold = int(fold_dir.name.split("_")[-1])
         preds = list(csv.DictReader(open(fold_dir / "predictions.csv", encoding="utf-8")))
         ids = [p["nodule_id"] for p in preds]
@@ -109,8 +109,9 @@ def main() -> None:
         ensemble = np.array([float(p["mean_probability"]) for p in preds])
         malignant = np.where(y == 1)[0]
         lowest = malignant[np.argsort(ensemble[malignant])[:10]]
-        entry["lowest_malignant_texture"] = float(np.mean([mean_rating(cohort[ids[k]]["texture"]) for k in lowest]))
-        entry["malignant_texture"] = float(np.mean([mean_rating(cohort[ids[k]]["texture"]) for k in malignant]))
+        texture = np.array([mean_ratings(cohort[i], ("texture",))[0] for i in ids])
+        entry["lowest_malignant_texture"] = float(texture[lowest].mean())
+        entry["malignant_texture"] = float(texture[malignant].mean())
         result["folds"].append(entry)
     low, high = HU_WINDOW
     threshold = (CALCIFIED_HU - low) / (high - low)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import time
@@ -26,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cues import calcification_weight, calcified, ground_glass, mean_rating  # this folder's script, on sys.path
+from cues import calcification_weight, calcified, ground_glass  # this folder's script, on sys.path
 from sklearn.metrics import roc_auc_score
 
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.pipeline.cpu_allocator import retain_freed_memory
-from naslung.pipeline.data.cohort_table import CHARACTERISTICS
+from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
+from naslung.pipeline.ensemble.reference_models import mean_ratings
 
 retain_freed_memory()
 
@@ -83,6 +85,14 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
 rng = np.random.default_rng(a.seed)
 rows = list(csv.DictReader(open(Path(a.data) / "manifest.csv")))
+
+
+@functools.cache
+def readers_by_id() -> dict[str, dict]:
+    """The readers' rows of the data set (``DIR/cohort.csv``, read and checked once), by nodule id."""
+    return {r["nodule_id"]: r for r in read_cohort_csv(Path(a.data) / "cohort.csv")}
+
+
 vf = {int(f) for f in a.val_folds.split(",")}
 cubes = np.stack([np.load(Path(a.data) / r["image"]) for r in rows]).astype(np.float32)
 labels = np.array([int(r["label"]) for r in rows])
@@ -112,13 +122,9 @@ net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
 RATINGS = tuple(c for c in CHARACTERISTICS if c != "malignancy")  # the renderer's inputs, not the label's
 aux_head, pooled = None, {}
 if a.aux > 0:
-    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
+    cohort = readers_by_id()
     targets = np.array(
-        [
-            [math.log(float(r["diameter_mm"]))]
-            + [float(np.mean([float(v) for v in cohort[r["nodule_id"]][k].split(";")])) for k in RATINGS]
-            for r in rows
-        ]
+        [[math.log(float(r["diameter_mm"]))] + list(mean_ratings(cohort[r["nodule_id"]], RATINGS)) for r in rows]
     )
     targets = (targets - targets[tr].mean(0)) / targets[tr].std(0)
     T = torch.from_numpy(targets).float()
@@ -134,8 +140,8 @@ if a.focal > 0:
 loss_fn = build_loss(a.loss, **kw)
 sample_weights = None
 if a.texture_balance:
-    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(Path(a.data) / "cohort.csv"))}
-    tex = np.array([mean_rating(cohort[r["nodule_id"]]["texture"]) for r in rows])
+    cohort = readers_by_id()
+    tex = np.array([mean_ratings(cohort[r["nodule_id"]], ("texture",))[0] for r in rows])
     cell = labels * 3 + np.digitize(tex, [2.5 + 1e-9, 4.0])
     counts = np.bincount(cell[tr], minlength=6)
     sample_weights = 1.0 / np.maximum(counts[cell[tr]], 1)
@@ -292,10 +298,9 @@ if a.bn_recal:
 
 def validation_cohort_rows() -> list[dict] | None:
     """The readers' rows (``DIR/cohort.csv``) of the validation nodules, in ``va`` order; None without the file."""
-    cohort_csv = Path(a.data) / "cohort.csv"
-    if not cohort_csv.exists():
+    if not (Path(a.data) / "cohort.csv").exists():
         return None
-    cohort = {r["nodule_id"]: r for r in csv.DictReader(open(cohort_csv))}
+    cohort = readers_by_id()
     return [cohort[rows[i]["nodule_id"]] for i in va]
 
 
