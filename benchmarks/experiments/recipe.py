@@ -51,6 +51,7 @@ p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--rot", type=int, default=0)
 p.add_argument("--balance", type=int, default=0)
 p.add_argument("--lam_frac", type=float, default=0.0)  # 0: default schedule; else reach floor at this fraction of iters
+p.add_argument("--lam_min", type=float, default=5.0)  # A-Softmax lambda floor (SphereFace: 5); lower: more margin
 p.add_argument("--bf16", type=int, default=0)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
@@ -79,6 +80,8 @@ p.add_argument("--pad", default="constant")  # how the 32-voxel cube is padded t
 # that test cubes never have)
 p.add_argument("--bn_recal", type=int, default=0)  # 1: after the last epoch, also score the network with its batch-norm
 # statistics recomputed over the un-augmented training cubes (torch.optim.swa_utils.update_bn), as test cubes come
+p.add_argument("--windows", default="")  # "LO:HI[,LO:HI...]" HU: one more input channel per window, the cube
+# clipped to [LO, HI] HU and scaled to [0, 1], beside the [-1200, 600] HU channel (e.g. -1000:-400 for ground glass)
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -110,6 +113,11 @@ if a.remap:
     knee_lin = [(hu + 1200.0) / 1800.0 for hu, _ in knees]  # the cube's [-1200, 600] HU window in [0, 1]
     cubes = np.interp(cubes, [0.0, *knee_lin, 1.0], [0.0, *(u for _, u in knees), 1.0]).astype(np.float32)
 X = torch.from_numpy(cubes)[:, None]
+if a.windows:
+    hu = X * 1800.0 - 1200.0
+    bounds = [tuple(float(v) for v in window.split(":")) for window in a.windows.split(",")]
+    X = torch.cat([X, *(((hu - lo) / (hi - lo)).clamp(0.0, 1.0) for lo, hi in bounds)], dim=1)
+    del hu
 Y = torch.from_numpy(labels)
 # diameter rule on val
 ts = np.unique(diam[tr])
@@ -117,7 +125,7 @@ accs = [((diam[tr] > t) == labels[tr]).mean() for t in ts]
 t = ts[int(np.argmax(accs))]
 ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": float(roc_auc_score(labels[va], diam[va]))}
 print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
-net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear")
+net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear", in_channels=X.shape[1])
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
 RATINGS = tuple(c for c in CHARACTERISTICS if c != "malignancy")  # the renderer's inputs, not the label's
 aux_head, pooled = None, {}
@@ -134,7 +142,7 @@ steps_per_epoch = math.ceil(len(tr) / a.bs)
 total = steps_per_epoch * a.epochs
 kw = {}
 if a.loss == "asoftmax" and a.lam_frac > 0:
-    kw = dict(gamma=(1500 / 5 - 1) / (a.lam_frac * total))
+    kw = dict(gamma=(1500 / a.lam_min - 1) / (a.lam_frac * total), lambda_min=a.lam_min)
 if a.focal > 0:
     kw["reduction"] = "none"
 loss_fn = build_loss(a.loss, **kw)
@@ -168,7 +176,7 @@ else:
 def augment(x):
     B = x.shape[0]
     x = F.pad(x, (2, 2, 2, 2, 2, 2), mode=a.pad)
-    out = torch.empty(B, 1, 32, 32, 32)
+    out = torch.empty(B, x.shape[1], 32, 32, 32)
     for i in range(B):
         o = rng.integers(0, 5, 3)
         c = x[i, :, o[0] : o[0] + 32, o[1] : o[1] + 32, o[2] : o[2] + 32]
