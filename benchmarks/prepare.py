@@ -1,14 +1,26 @@
-"""Benchmark of cube preparation: region-first vs whole-scan resampling, and augmented cubes per second.
+"""Benchmark of cube preparation: region-first vs whole-scan resampling, augmented cubes per second, and the
+embedded data set's renderer against an earlier revision of it.
 
 Run ``python benchmarks/prepare.py`` (``--help`` for sizes). Everything is generated in memory or in a temp folder;
 both extraction paths run side by side on the same scans in one run, so the printed ratio is machine-independent.
+``--embedded-baseline REV`` adds the renderer of the embedded data set (``naslung prepare embedded``): the renderer
+modules of git revision ``REV`` and of the working tree render the same cubes in turn (ms per cube, ratio, and
+whether every cube is the same bytes), then run the whole ``naslung prepare embedded --scans 2`` in turn,
+``--embedded-runs`` times each (wall seconds with process start-up, ratio, and whether every file written is the
+same bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import re
+import subprocess
+import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +29,27 @@ from monai.utils import set_determinism
 
 from naslung.transforms import cut_cube_hu, resample_scan_hu, sample_cube_hu, train_transforms
 
-__all__ = ["make_scan", "bench_extraction", "bench_augmentation", "main"]
+__all__ = [
+    "make_scan",
+    "bench_extraction",
+    "bench_augmentation",
+    "load_baseline_renderer",
+    "bench_embedded_cubes",
+    "bench_embedded_prepare",
+    "main",
+]
+
+#: The modules that draw the embedded data set; a baseline revision's copies are imported under another package name.
+RENDERER_MODULES = (
+    "embedded",
+    "synthetic_ct",
+    "synthetic_anatomy",
+    "synthetic_nodule",
+    "synthetic_spec",
+    "reader_contours",
+)
+_BASELINE_PACKAGE = "naslung_baseline_renderer"
+_REPO = Path(__file__).resolve().parents[1]
 
 
 def make_scan(
@@ -118,6 +150,116 @@ def bench_augmentation(cubes: int, workers: int, batch_size: int, epochs: int) -
         set_determinism(seed=None)
 
 
+def load_baseline_renderer(revision: str, folder: Path):
+    """Import the renderer modules of git ``revision`` from ``folder`` as a package of their own; returns its
+    ``embedded`` module. Only :data:`RENDERER_MODULES` come from the revision; everything else is the working tree's.
+    """
+    package = folder / _BASELINE_PACKAGE
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    names = "|".join(RENDERER_MODULES)
+    for name in RENDERER_MODULES:
+        source = subprocess.run(
+            ["git", "-C", str(_REPO), "show", f"{revision}:pipeline/data/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        source = re.sub(rf"naslung\.pipeline\.data\.({names})\b", rf"{_BASELINE_PACKAGE}.\1", source)
+        (package / f"{name}.py").write_text(source)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{_BASELINE_PACKAGE}.embedded")
+
+
+def bench_embedded_cubes(baseline, n_series: int) -> bool:
+    """Render the cubes of ``n_series`` series (spread over the cohort) with the baseline and the current renderer in
+    turn, in series order as the prepare step does; print ms per cube and the ratio; True when all are the same bytes.
+    """
+    from naslung.pipeline.data import embedded as current
+    from naslung.pipeline.data.cohort_table import load_default_cohort
+
+    by_series = defaultdict(list)
+    for row in load_default_cohort():
+        by_series[str(row["series_uid"])].append(row)
+    series = list(by_series.values())
+    rows = [row for members in series[:: max(1, len(series) // n_series)][:n_series] for row in members]
+    for renderer in (baseline, current):
+        renderer.render_cube(rows[0])  # read the readers' contours once per renderer, outside the timing
+    seconds = {"baseline": 0.0, "current": 0.0}
+    differ = 0
+    for i, row in enumerate(rows):
+        order = [("baseline", baseline), ("current", current)]
+        cubes = {}
+        for name, renderer in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            cubes[name] = renderer.render_cube(row)
+            seconds[name] += time.perf_counter() - start
+        differ += cubes["baseline"].tobytes() != cubes["current"].tobytes()
+    old_ms, new_ms = (1000.0 * seconds[k] / len(rows) for k in ("baseline", "current"))
+    print(
+        f"embedded cubes, {len(rows)} of {len(series)} series' nodules, alternated: baseline {old_ms:.1f} ms/cube, "
+        f"current {new_ms:.1f} ms/cube, ratio {old_ms / new_ms:.2f}x; {len(rows) - differ} of {len(rows)} cubes "
+        "the same bytes"
+    )
+    return differ == 0
+
+
+_PREPARE_RUNNER = """
+import sys
+
+if __name__ == "__main__":
+    renderer, out = sys.argv[1], sys.argv[2]
+    if renderer != "current":
+        sys.path.insert(0, renderer)
+        import {package}.embedded as baseline
+        import naslung.pipeline.commands.prepare as command
+
+        command.render_embedded = baseline.render_embedded
+    from naslung.pipeline.cli import main
+
+    raise SystemExit(main(["-q", "prepare", "embedded", "--out", out, "--scans", "2"]))
+"""
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but ``embedded.json`` (it records timings)."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "embedded.json"
+    }
+
+
+def bench_embedded_prepare(baseline_folder: Path, runs: int) -> bool:
+    """Run the whole ``naslung prepare embedded --scans 2`` (a fresh process each) with the baseline and the current
+    renderer in turn, ``runs`` times each; print wall seconds and the ratio; True when every file is the same bytes.
+    """
+    runner = baseline_folder / "run_prepare.py"
+    runner.write_text(_PREPARE_RUNNER.format(package=_BASELINE_PACKAGE))
+    seconds: dict[str, list[float]] = {"baseline": [], "current": []}
+    digests: dict[str, dict[str, str]] = {}
+    for run in range(runs):
+        for name in ("baseline", "current") if run % 2 == 0 else ("current", "baseline"):
+            with tempfile.TemporaryDirectory() as out:
+                renderer = str(baseline_folder) if name == "baseline" else "current"
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, str(runner), renderer, out], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"naslung prepare embedded with the {name} renderer failed:\n{proc.stderr}")
+                seconds[name].append(time.perf_counter() - start)
+                digests[name] = _file_digests(Path(out))
+            print(f"  prepare run {run + 1}, {name}: {seconds[name][-1]:.1f} s")
+    old_s, new_s = (float(np.mean(seconds[k])) for k in ("baseline", "current"))
+    same = digests["baseline"] == digests["current"]
+    print(
+        f"embedded prepare (--scans 2, 2 workers, process start-up included), mean of {runs} alternated runs: "
+        f"baseline {old_s:.1f} s, current {new_s:.1f} s, ratio {old_s / new_s:.2f}x; "
+        f"{len(digests['current'])} files, {'all the same bytes' if same else 'SOME DIFFER'}"
+    )
+    return same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scans", type=int, default=2)
@@ -128,9 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--embedded-baseline", metavar="REV", help="also compare the embedded renderer with git revision REV's"
+    )
+    parser.add_argument("--embedded-series", type=int, default=60, help="series whose cubes are rendered side by side")
+    parser.add_argument("--embedded-runs", type=int, default=2, help="whole prepares per renderer")
+    parser.add_argument("--only-embedded", action="store_true", help="skip the extraction and augmentation benchmarks")
     args = parser.parse_args(argv)
-    ok = bench_extraction(args.scans, args.nodules, tuple(args.shape), tuple(args.spacing))
-    bench_augmentation(args.cubes, args.workers, args.batch_size, args.epochs)
+    ok = True
+    if not args.only_embedded:
+        ok = bench_extraction(args.scans, args.nodules, tuple(args.shape), tuple(args.spacing))
+        bench_augmentation(args.cubes, args.workers, args.batch_size, args.epochs)
+    if args.embedded_baseline:
+        with tempfile.TemporaryDirectory() as folder:
+            baseline = load_baseline_renderer(args.embedded_baseline, Path(folder))
+            ok = bench_embedded_cubes(baseline, args.embedded_series) and ok
+            if args.embedded_runs > 0:
+                ok = bench_embedded_prepare(Path(folder), args.embedded_runs) and ok
     return 0 if ok else 1
 
 

@@ -25,6 +25,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -96,7 +98,10 @@ def render_cube(row: Mapping[str, Any], seed: int = 0, size: int = CUBE_SIZE) ->
     Returns:
         float32 (size, size, size) in (x, y, z) order with values in [0, 1].
     """
-    hu, affine, centre_mm = render_nodule_region(row, size_mm=size + 8.0, seed=seed)
+    # only the voxels the cube interpolates from are drawn (the others are NaN, which sample_cube_hu refuses)
+    hu, affine, centre_mm = render_nodule_region(
+        row, size_mm=size + 8.0, seed=seed, cube_size=size, cube_spacing_mm=1.0
+    )
     cube = sample_cube_hu(hu, affine, centre_mm, size=size, spacing_mm=1.0)
     return np.asarray(hu_to_unit(cube), dtype=np.float32)
 
@@ -121,6 +126,32 @@ def write_rendered_cohort(out_dir: str | os.PathLike, rows: Sequence[Mapping[str
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` where it is safe, else ``spawn``: forked workers start at once, spawned ones import numpy, scipy,
+    torch and naslung again (~7 s on a 2-core machine). Safe means this process has not imported pylidc (its
+    SQLite connection must not cross a fork) and runs no other thread (a lock held by one would stay held).
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and "pylidc" not in sys.modules:
+        if threading.active_count() == 1:
+            return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _init_worker() -> None:
+    """Run torch on one thread in a worker: an OpenMP pool that the parent used does not survive a fork (a parallel
+    region would hang; torch's DataLoader workers do the same), and the workers already share the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``workers`` processes started as :func:`_pool_context` says, set up by :func:`_init_worker`."""
+    context = _pool_context()
+    logger.debug("embedded: %d %s workers", workers, context.get_start_method())
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 
 def _cube_task(rows: Sequence[Mapping[str, Any]], out_dir: str, seed: int, size: int) -> int:
@@ -244,7 +275,8 @@ def render_embedded(
     Cubes that exist are kept (resume) as long as ``embedded.json`` records the same seed, cube size and
     renderer version (and scans the same crop too); otherwise the stale cubes/ (scans/) folder is deleted and
     rendered again. Every file is written atomically. Work runs in a process
-    pool of ``workers`` (``workers <= 1``: in this process), scans first, then cubes grouped by series.
+    pool of ``workers`` (``workers <= 1``: in this process; forked where that is safe, see :func:`_pool_context`),
+    scans first, then cubes grouped by series.
 
     Args:
         out_dir: the data set folder (created).
@@ -332,8 +364,7 @@ def render_embedded(
             if isinstance(result, dict):
                 frames[result["series_uid"]] = result
     else:
-        context = multiprocessing.get_context("spawn")  # pylidc's SQLite connection must not cross a fork
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with _worker_pool(workers) as pool:
             futures = [pool.submit(fn, *args) for fn, args in jobs]
             done = concurrent.futures.as_completed(futures)
             for future in progress(done, total=len(futures), desc="embedded data set"):

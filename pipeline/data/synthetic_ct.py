@@ -100,11 +100,20 @@ def _render_box(
     noise: LatticeNoise,
     vessel_segments: np.ndarray,
     rng: np.random.Generator,
+    window: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """HU of the scan sub-grid ``start + [0, shape)`` (may reach outside the scan) -> (shape) float32."""
+    """HU of the scan sub-grid ``start + [0, shape)`` (may reach outside the scan) -> (shape) float32.
+
+    With ``window`` = ``(lo, hi)`` box indices only the voxels ``[lo, hi)`` are drawn and the others are NaN; the
+    drawn voxels hold the same bits as without a window: every term is computed voxel by voxel from the box's own
+    coordinates, the lattice noise is the box's, and the quantum noise is the box's stream, drawn as far as needed.
+    """
     spacing = np.asarray(geometry.spacing_mm)
     origin = geometry.index_to_world(start)
-    xs, ys, zs = (origin[d] + np.arange(shape[d]) * spacing[d] for d in range(3))
+    full = tuple(int(n) for n in shape)
+    lo, hi = (np.zeros(3, dtype=int), np.asarray(full)) if window is None else (window[0], window[1])
+    sub = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    xs, ys, zs = ((origin[d] + np.arange(full[d]) * spacing[d])[sub[d]] for d in range(3))
     anatomy = anatomy_of(geometry)
     x2, y2 = xs[:, None], ys[None, :]
     x3, y3, z3 = xs[:, None, None], ys[None, :, None], zs[None, None, :]
@@ -133,24 +142,41 @@ def _render_box(
     hu = AIR_HU * (1.0 - body) + tissue * body
     hu = hu * (1.0 - lung) + parenchyma * lung
 
+    sub_start, sub_stop = start + lo, start + hi
     for nod in nodules:
-        lo = np.maximum(nod.start, start)
-        hi = np.minimum(nod.start + np.asarray(nod.occupancy.shape), start + np.asarray(shape))
-        if np.any(hi <= lo):
+        n_lo = np.maximum(nod.start, sub_start)
+        n_hi = np.minimum(nod.start + np.asarray(nod.occupancy.shape), sub_stop)
+        if np.any(n_hi <= n_lo):
             continue
-        dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
-        src = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, nod.start, strict=True))
+        dst = tuple(slice(a - s, b - s) for a, b, s in zip(n_lo, n_hi, sub_start, strict=True))
+        src = tuple(slice(a - s, b - s) for a, b, s in zip(n_lo, n_hi, nod.start, strict=True))
         occ = nod.occupancy[src]
         hu[dst] = hu[dst] * (1.0 - occ) + nod.hu[src] * occ
 
-    vessels = tube_occupancy(vessel_segments, origin, spacing, shape, width_mm=max(spacing[0], 0.5)) * lung
+    width_mm = max(spacing[0], 0.5)
+    vessels = tube_occupancy(vessel_segments, origin, spacing, full, width_mm=width_mm, window=(lo, hi)) * lung
     hu += vessels * np.maximum(VESSEL_HU - hu, 0.0)
-    hu += rng.normal(0.0, 12.0, hu.shape).astype(np.float32)  # quantum noise
-    return np.clip(hu, -1024.0, 3071.0).astype(np.float32)
+    # quantum noise: rng.normal(0, 12, full), drawn only up to the window's last voxel (the stream is sequential);
+    # 0 + 12 z is how Generator.normal scales a standard normal z, so the values are the same
+    quantum = np.empty(full)
+    n_drawn = int(np.ravel_multi_index(tuple(int(h) - 1 for h in hi), full)) + 1
+    quantum.reshape(-1)[:n_drawn] = rng.standard_normal(n_drawn)
+    hu += (0.0 + 12.0 * quantum[sub]).astype(np.float32)
+    hu = np.clip(hu, -1024.0, 3071.0).astype(np.float32)
+    if window is None:
+        return hu
+    box = np.full(full, np.nan, dtype=np.float32)
+    box[sub] = hu
+    return box
 
 
 def render_nodule_region(
-    row: Mapping[str, Any], size_mm: float = 40.0, seed: int = 0
+    row: Mapping[str, Any],
+    size_mm: float = 40.0,
+    seed: int = 0,
+    *,
+    cube_size: int | None = None,
+    cube_spacing_mm: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render the native-spacing region around one cohort nodule (synthetic image, real annotation).
 
@@ -163,6 +189,10 @@ def render_nodule_region(
         row: a cohort row (``naslung.pipeline.data.cohort`` columns).
         size_mm: edge of the region in mm; 40 leaves a margin around the 32 mm cube.
         seed: global seed; the same (row, seed) gives the same bytes.
+        cube_size: when given, only the voxels that ``sample_cube_hu(hu, affine, centre_mm, cube_size,
+            cube_spacing_mm)`` interpolates from are drawn, with the same bits as in the whole region; the others
+            are NaN, so that any other use of them fails loudly (``sample_cube_hu`` refuses NaN). None: all.
+        cube_spacing_mm: the spacing of that cube.
 
     Returns:
         ``(hu, affine, centre_mm)``: hu (X, Y, Z) float32 in (x, y, z) order; affine 4x4 voxel -> LPS world mm;
@@ -188,8 +218,16 @@ def render_nodule_region(
     noise = LatticeNoise(rng, lo_mm, lo_mm + shape * spacing, cell_mm=1.5, sigma_mm=1.5)
     nodule = render_nodule(spec, seed)
     segments = vessel_tree_segments(spec.series_uid, int(seed), geometry)
-    hu = _render_box(geometry, start, shape, [spec], [nodule], noise, segments, rng)
-    return hu, geometry.affine(start), geometry.index_to_world(centre)
+    centre_mm = geometry.index_to_world(centre)
+    window = None
+    if cube_size is not None:
+        # the voxels around the cube's outermost points (trilinear), with a margin far above float rounding
+        half_mm = 0.5 * (cube_size - 1) * cube_spacing_mm
+        first = np.floor((centre_mm - half_mm - lo_mm) / spacing - 1e-6).astype(int)
+        last = np.ceil((centre_mm + half_mm - lo_mm) / spacing + 1e-6).astype(int)
+        window = (np.clip(first, 0, shape), np.clip(last + 1, 0, shape))
+    hu = _render_box(geometry, start, shape, [spec], [nodule], noise, segments, rng, window)
+    return hu, geometry.affine(start), centre_mm
 
 
 def render_scan(

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from naslung.pipeline.data.reader_contours import consensus_mask
-from naslung.pipeline.data.synthetic_anatomy import tube_occupancy, unit_vectors
+from naslung.pipeline.data.synthetic_anatomy import tube_occupancy, tube_windows, unit_vectors
 from naslung.pipeline.data.synthetic_spec import (
     AIR_HU,
     CALC_ABSENT,
@@ -81,6 +81,28 @@ def _surface_distance_mm(sd: np.ndarray, spacing: np.ndarray, centre_mm: np.ndar
     return steps[last]
 
 
+def _distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask, sampling=spacing)``, bit for bit, in a third of its time.
+
+    The same feature transform; the distances are then summed axis by axis in the same order (x, y, z) with the
+    same operations, but without scipy's (3, ...) index and offset arrays.
+    """
+    features = ndimage.distance_transform_edt(mask, sampling=spacing, return_distances=False, return_indices=True)
+    total = np.zeros(mask.shape)
+    for d in range(mask.ndim):
+        index = np.arange(mask.shape[d], dtype=features.dtype).reshape([-1 if e == d else 1 for e in range(mask.ndim)])
+        offset_mm = (features[d] - index).astype(np.float64)
+        offset_mm *= spacing[d]
+        offset_mm *= offset_mm
+        total += offset_mm
+    return np.sqrt(total, out=total)
+
+
+def _radial_mm(rel: list[np.ndarray]) -> np.ndarray:
+    """Distance (mm, + 1e-6) from the nodule's centre, from the broadcastable offsets ``rel`` along x, y, z."""
+    return np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + 1e-6
+
+
 def _slab_tube_occupancy(segments: np.ndarray, spacing: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """:func:`tube_occupancy` averaged over each slice's thickness (partial volume of a thick slice).
 
@@ -91,8 +113,23 @@ def _slab_tube_occupancy(segments: np.ndarray, spacing: np.ndarray, shape: Seque
     sub_spacing = np.array([spacing[0], spacing[1], spacing[2] / n_sub])
     origin = np.array([0.0, 0.0, -0.5 * spacing[2] + 0.5 * sub_spacing[2]])
     sub_shape = (int(shape[0]), int(shape[1]), int(shape[2]) * n_sub)
-    fine = tube_occupancy(segments, origin, sub_spacing, sub_shape, width_mm=max(float(spacing[0]), 0.5))
-    return fine.reshape(int(shape[0]), int(shape[1]), int(shape[2]), n_sub).mean(axis=3)
+    width_mm = max(float(spacing[0]), 0.5)
+    out = np.zeros(tuple(int(n) for n in shape), dtype=np.float32)
+    # only the box of whole slices the strands can reach is evaluated; the rest stays 0 (the mean of zeros)
+    _, lo, hi = tube_windows(segments, origin, sub_spacing, sub_shape, width_mm)
+    if len(lo) == 0:
+        return out
+    lo = np.clip(lo.min(axis=0), 0, sub_shape)
+    hi = np.clip(hi.max(axis=0), 0, sub_shape)
+    lo[2], hi[2] = lo[2] // n_sub * n_sub, -(-hi[2] // n_sub) * n_sub
+    if np.any(hi <= lo):
+        return out
+    fine = tube_occupancy(segments, origin, sub_spacing, sub_shape, width_mm=width_mm, window=(lo, hi))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo[:2], hi[:2], strict=True))
+    out[box + (slice(int(lo[2]) // n_sub, int(hi[2]) // n_sub),)] = fine.reshape(
+        fine.shape[0], fine.shape[1], -1, n_sub
+    ).mean(axis=3)
+    return out
 
 
 def render_nodule(spec: NoduleSpec, seed: int) -> RenderedNodule:
@@ -118,18 +155,22 @@ def render_nodule(spec: NoduleSpec, seed: int) -> RenderedNodule:
     shape = np.asarray(core.shape)
 
     # signed distance (mm, negative inside), smoothed to soften the contour staircase
-    outside = ndimage.distance_transform_edt(~core, sampling=spacing)
-    sd = outside - ndimage.distance_transform_edt(core, sampling=spacing)
+    sd = _distance_mm(~core, spacing)
+    # inside the core the nearest outside voxel lies within the core's box plus one voxel: transform only that
+    ring = tuple(slice(int(p) - 1, int(p + n) + 1) for p, n in zip(pad, shape - 2 * pad, strict=True))
+    sd[ring] -= _distance_mm(core[ring], spacing)  # elsewhere the inside distance is 0
     sd = ndimage.gaussian_filter(sd.astype(np.float32), sigma=0.6 / spacing)
     grids = [(np.arange(shape[d]) * spacing[d]).reshape([-1 if e == d else 1 for e in range(3)]) for d in range(3)]
-    centre_mm = np.array([float((np.nonzero(core)[d] * spacing[d]).mean()) for d in range(3)])
+    core_index = np.nonzero(core)
+    centre_mm = np.array([float((core_index[d] * spacing[d]).mean()) for d in range(3)])
     rel = [g - c for g, c in zip(grids, centre_mm, strict=True)]
-    radial = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + 1e-6
+    radial = None  # distance from the centre, computed where the lobes or the calcium need it
 
     # lobulation: a scalloped margin, round lobes around the nodule with sharp notches between them
     n_lobes = int(np.clip(round(r_eq / 2.0), 3, 6)) + int(rng.integers(0, 2))
     phase, twist = rng.uniform(0.0, 2.0 * np.pi), rng.uniform(-0.6, 0.6)
     if lobul > 0:
+        radial = _radial_mm(rel)
         azimuth = np.arctan2(rel[1], rel[0]) + twist * rel[2] / r_eq
         in_plane = np.sqrt(rel[0] ** 2 + rel[1] ** 2) / radial  # lobes fade towards the poles
         lobes = np.abs(np.cos(0.5 * n_lobes * azimuth + phase))  # n_lobes humps around, cusps (notches) between
@@ -140,19 +181,23 @@ def render_nodule(spec: NoduleSpec, seed: int) -> RenderedNodule:
     depth = np.clip(-sd, 0.0, None)
     depth_n = depth / max(float(depth.max()), 1e-6)
     solid_share = float(np.clip((spec.texture - 1.5) / 3.0, 0.0, 1.0))
-    solid = _smoothstep((depth_n - (1.0 - 1.25 * solid_share)) / 0.25 + 0.5) if solid_share > 0 else 0.0 * depth_n
     if solid_share >= 1.0:
         solid = np.ones_like(depth_n)
+    elif solid_share > 0:
+        solid = _smoothstep((depth_n - (1.0 - 1.25 * solid_share)) / 0.25 + 0.5)
+    else:
+        solid = 0.0 * depth_n
     patches = ndimage.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma=1.0 / spacing)
     patches /= max(float(patches.std()), 1e-6)
     patch_amp = 120.0 - 100.0 * solid_share
     hu = GROUND_GLASS_HU + (SOLID_NODULE_HU - GROUND_GLASS_HU) * solid + patch_amp * patches
 
     # internal structure: fluid (homogeneous water density), fat, or an air pocket (cavitation) inside
-    inner = _smoothstep((depth_n - 0.3) / 0.3)
     if spec.internal_structure == STRUCTURE_FLUID:
+        inner = _smoothstep((depth_n - 0.3) / 0.3)
         hu = hu * (1.0 - inner) + (FLUID_HU + 8.0 * patches) * inner
     elif spec.internal_structure == STRUCTURE_FAT:
+        inner = _smoothstep((depth_n - 0.3) / 0.3)
         hu = hu * (1.0 - inner) + (FAT_HU + 15.0 * patches) * inner
     elif spec.internal_structure == STRUCTURE_AIR:
         cavity = _smoothstep((depth_n - 0.45) / 0.2)
@@ -180,6 +225,7 @@ def render_nodule(spec: NoduleSpec, seed: int) -> RenderedNodule:
 
     # calcification: bright foci in LIDC's patterns
     if spec.calcification != CALC_ABSENT:
+        radial = _radial_mm(rel) if radial is None else radial
         calc = _calcification(spec.calcification, rng, rel, radial, depth_n, r_eq)
         hu = np.maximum(hu, CALCIFICATION_HU * calc + hu * (1.0 - calc))
     return RenderedNodule(start_arr, occupancy, hu.astype(np.float32))

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import subprocess
+import sys
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from naslung.pipeline.data.embedded import (
     COHORT_FILE,
     LUNA16_ANNOTATION_FIELDS,
     MANIFEST_FIELDS,
+    _pool_context,
     cube_path,
     render_cube,
     render_embedded,
@@ -160,6 +165,46 @@ def test_process_pool_gives_the_same_bytes(tmp_path):
     for row in rows:
         serial = cube_path(tmp_path / "serial", str(row["nodule_id"])).read_bytes()
         assert cube_path(tmp_path / "pool", str(row["nodule_id"])).read_bytes() == serial
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
+def test_pool_forks_only_without_pylidc_and_other_threads(monkeypatch):
+    monkeypatch.delitem(sys.modules, "pylidc", raising=False)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    assert _pool_context().get_start_method() == "fork"
+    monkeypatch.setattr(threading, "active_count", lambda: 2)  # a lock another thread holds would stay held
+    assert _pool_context().get_start_method() == "spawn"
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setitem(sys.modules, "pylidc", types.ModuleType("pylidc"))  # its SQLite connection must not cross
+    assert _pool_context().get_start_method() == "spawn"
+
+
+_FORK_AFTER_OPENMP = """
+import torch
+
+torch.nn.functional.conv3d(torch.randn(1, 8, 24, 24, 24), torch.randn(8, 8, 3, 3, 3))  # the parent's OpenMP pool
+from naslung.pipeline.data.embedded import _pool_context, _worker_pool
+
+
+def work(n):
+    return float(torch.ones(n).mul(2.0).sum())  # big enough for a parallel region in the worker
+
+
+if __name__ == "__main__":
+    assert _pool_context().get_start_method() == "fork"
+    with _worker_pool(2) as pool:
+        print(sum(pool.map(work, [2_000_000] * 4)))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
+def test_forked_workers_survive_the_parents_openmp_pool(tmp_path):
+    """A forked worker's first parallel region hangs if torch keeps the parent's OpenMP threads: one thread each."""
+    script = tmp_path / "fork_after_openmp.py"
+    script.write_text(_FORK_AFTER_OPENMP)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) == 16_000_000.0
 
 
 def test_subsample_keeps_every_column_of_the_rows_it_draws():

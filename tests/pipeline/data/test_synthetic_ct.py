@@ -11,6 +11,7 @@ from naslung.pipeline.data.reader_contours import consensus_mask
 from naslung.pipeline.data.synthetic_ct import render_nodule_region, render_scan
 from naslung.pipeline.data.synthetic_spec import GROUND_GLASS_HU, PARENCHYMA_HU, nodule_spec, scan_geometry
 from naslung.pipeline.errors import DataError
+from naslung.transforms.nodule_cube import sample_cube_hu
 
 
 def _median(row, key):
@@ -140,6 +141,34 @@ def test_region_is_clipped_to_the_scan():
     assert affine[0, 3] == pytest.approx(-0.7 * 256)  # starts at column 0
     assert affine[2, 3] == pytest.approx(0.0)  # starts at slice 0
     assert hu.shape[2] == int(np.ceil(20.0 / 2.5)) + 1
+
+
+def _thin_spiculated(row):
+    return float(row["slice_spacing_mm"]) <= 1.0 and nodule_spec(row).spiculation >= 3
+
+
+# [row]: the sphere fallback, a region clipped at the scan's edge, a calcified and a thin-slice spiculated nodule
+CUBE_WINDOW_CASES = [
+    lambda: BASE_ROW,
+    lambda: {**BASE_ROW, "k": 0.0, "z_mm": 0.0, "i": 3.0},
+    lambda: _pick(_calcified),
+    lambda: _pick(_thin_spiculated),
+]
+
+
+@pytest.mark.parametrize("make_row", CUBE_WINDOW_CASES)
+def test_cube_window_holds_the_whole_regions_bits(make_row):
+    """``cube_size`` draws only a box of the region, with the same bits; the cube cut from it is the same."""
+    row = make_row()
+    whole, affine, centre = render_nodule_region(row, size_mm=40.0, seed=5)
+    part, part_affine, part_centre = render_nodule_region(row, size_mm=40.0, seed=5, cube_size=32)
+    drawn = np.isfinite(part)
+    assert np.isfinite(whole).all() and part.shape == whole.shape
+    corners = np.argwhere(drawn)
+    assert 0 < drawn.sum() == np.prod(corners.max(axis=0) - corners.min(axis=0) + 1)  # one box
+    assert part[drawn].tobytes() == whole[drawn].tobytes()
+    assert part_affine.tobytes() == affine.tobytes() and part_centre.tobytes() == centre.tobytes()
+    assert sample_cube_hu(part, affine, centre).tobytes() == sample_cube_hu(whole, affine, centre).tobytes()
 
 
 def test_solid_malignant_brighter_than_ground_glass_brighter_than_parenchyma():
