@@ -7,7 +7,7 @@ both extraction paths run side by side on the same scans in one run, so the prin
 modules of git revision ``REV`` and of the working tree render the same cubes in turn (ms per cube, ratio, and
 whether every cube is the same bytes), then run the whole ``naslung prepare embedded --scans 2`` in turn,
 ``--embedded-runs`` times each (wall seconds with process start-up, ratio, and whether every file written is the
-same bytes).
+same bytes); ``--json FILE`` writes that comparison (``benchmarks/results/prepare_embedded.json``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -172,9 +173,12 @@ def load_baseline_renderer(revision: str, folder: Path):
     return importlib.import_module(f"{_BASELINE_PACKAGE}.embedded")
 
 
-def bench_embedded_cubes(baseline, n_series: int) -> bool:
+def bench_embedded_cubes(baseline, n_series: int) -> dict:
     """Render the cubes of ``n_series`` series (spread over the cohort) with the baseline and the current renderer in
-    turn, in series order as the prepare step does; print ms per cube and the ratio; True when all are the same bytes.
+    turn, in series order as the prepare step does; print ms per cube and the ratio.
+
+    Returns:
+        ``{"n_cubes", "baseline_ms_per_cube", "current_ms_per_cube", "ratio", "n_same_bytes", "same_bytes"}``.
     """
     from naslung.pipeline.data import embedded as current
     from naslung.pipeline.data.cohort_table import load_default_cohort
@@ -202,7 +206,14 @@ def bench_embedded_cubes(baseline, n_series: int) -> bool:
         f"current {new_ms:.1f} ms/cube, ratio {old_ms / new_ms:.2f}x; {len(rows) - differ} of {len(rows)} cubes "
         "the same bytes"
     )
-    return differ == 0
+    return {
+        "n_cubes": len(rows),
+        "baseline_ms_per_cube": old_ms,
+        "current_ms_per_cube": new_ms,
+        "ratio": old_ms / new_ms,
+        "n_same_bytes": len(rows) - differ,
+        "same_bytes": differ == 0,
+    }
 
 
 _PREPARE_RUNNER = """
@@ -231,9 +242,12 @@ def _file_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def bench_embedded_prepare(baseline_folder: Path, runs: int) -> bool:
+def bench_embedded_prepare(baseline_folder: Path, runs: int) -> dict:
     """Run the whole ``naslung prepare embedded --scans 2`` (a fresh process each) with the baseline and the current
-    renderer in turn, ``runs`` times each; print wall seconds and the ratio; True when every file is the same bytes.
+    renderer in turn, ``runs`` times each; print wall seconds and the ratio.
+
+    Returns:
+        ``{"runs", "baseline_seconds", "current_seconds", "ratio", "n_files", "same_bytes"}`` (seconds per run).
     """
     runner = baseline_folder / "run_prepare.py"
     runner.write_text(_PREPARE_RUNNER.format(package=_BASELINE_PACKAGE))
@@ -257,7 +271,14 @@ def bench_embedded_prepare(baseline_folder: Path, runs: int) -> bool:
         f"baseline {old_s:.1f} s, current {new_s:.1f} s, ratio {old_s / new_s:.2f}x; "
         f"{len(digests['current'])} files, {'all the same bytes' if same else 'SOME DIFFER'}"
     )
-    return same
+    return {
+        "runs": runs,
+        "baseline_seconds": seconds["baseline"],
+        "current_seconds": seconds["current"],
+        "ratio": old_s / new_s,
+        "n_files": len(digests["current"]),
+        "same_bytes": same,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedded-series", type=int, default=60, help="series whose cubes are rendered side by side")
     parser.add_argument("--embedded-runs", type=int, default=2, help="whole prepares per renderer")
     parser.add_argument("--only-embedded", action="store_true", help="skip the extraction and augmentation benchmarks")
+    parser.add_argument("--json", type=Path, default=None, help="also write the embedded comparison to this file")
     args = parser.parse_args(argv)
     ok = True
     if not args.only_embedded:
@@ -284,9 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedded_baseline:
         with tempfile.TemporaryDirectory() as folder:
             baseline = load_baseline_renderer(args.embedded_baseline, Path(folder))
-            ok = bench_embedded_cubes(baseline, args.embedded_series) and ok
+            result = {"baseline": args.embedded_baseline, "cubes": bench_embedded_cubes(baseline, args.embedded_series)}
             if args.embedded_runs > 0:
-                ok = bench_embedded_prepare(Path(folder), args.embedded_runs) and ok
+                result["prepare"] = bench_embedded_prepare(Path(folder), args.embedded_runs)
+            ok = ok and all(part["same_bytes"] for part in result.values() if isinstance(part, dict))
+            if args.json is not None:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1
 
 
