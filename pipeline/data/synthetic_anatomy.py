@@ -193,8 +193,10 @@ def vessel_tree_segments(series_uid: str, seed: int, geometry: ScanGeometry) -> 
             steer = np.clip((e ** (1.0 / LUNG_POWER) - 0.8) * 4.0, 0.0, 3.0)
             ix, iy, iz = _unit_columns(cx - px, cy - py, np.zeros(len(px)))  # inward
             back_z = 0.2 * (np.clip(pz, anatomy.z_lo, anatomy.z_hi) - pz)
+            # + back_z * 0.0 repeats the (N, 3) form's "+ back_z x (0, 0, 1)" on x and y, where it can turn -0.0
+            # into +0.0; on z, back_z * 1.0 is back_z itself
             dx, dy, dz = _unit_columns(
-                dx + steer * ix + back_z * 0.0, dy + steer * iy + back_z * 0.0, dz + steer * iz + back_z * 1.0
+                dx + steer * ix + back_z * 0.0, dy + steer * iy + back_z * 0.0, dz + steer * iz + back_z
             )
             stride = length / steps
             new = (px + dx * stride, py + dy * stride, pz + dz * stride)
