@@ -34,7 +34,7 @@ from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
-from naslung.pipeline.ensemble.reference_models import mean_ratings
+from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, fit_ratings_ceiling, mean_ratings
 
 retain_freed_memory()
 
@@ -82,6 +82,21 @@ p.add_argument("--bn_recal", type=int, default=0)  # 1: after the last epoch, al
 # statistics recomputed over the un-augmented training cubes (torch.optim.swa_utils.update_bn), as test cubes come
 p.add_argument("--windows", default="")  # "LO:HI[,LO:HI...]" HU: one more input channel per window, the cube
 # clipped to [LO, HI] HU and scaled to [0, 1], beside the [-1200, 600] HU channel (e.g. -1000:-400 for ground glass)
+p.add_argument("--teacher", type=float, default=0.0)  # >0: train on soft targets t = w * q + (1 - w) * label with
+# this weight w, q a teacher's probability of malignancy from the readers' annotations (a training target only: the
+# input stays the cube); A-Softmax's loss is then t * loss(class 1) + (1 - t) * loss(class 0)
+p.add_argument("--teacher_kind", default="ceiling")  # ceiling: the ratings ceiling (8 mean ratings + diameter,
+# logistic regression) cross-fitted over folds 0-7, each fold's q from a fit on the other training folds; malignancy:
+# the readers' mean malignancy rating mapped to (mean - 1) / 4
+p.add_argument("--coord", type=int, default=0)  # 1: one more input channel, each voxel's distance from the cube's
+# centre in units of the half-width (the same map for every cube, CoordConv-like; not derived from annotations), so the
+# first convolutions can weigh intensity by position (shell profiles, a solid core in a ground-glass halo)
+p.add_argument("--shells", type=int, default=0)  # >0: also pool stage 2's output (B, C2, 32^3) over this many
+# concentric shells around the cube's centre (2 voxels thick, the last one everything beyond), each channel's mean per
+# shell, and give the head those C2 x shells features beside the global average of stage 5 (a learned radial profile)
+p.add_argument("--rank", type=float, default=0.0)  # >0: add this weight times a pairwise ranking loss (softplus of
+# the benign-minus-malignant score over every malignant/benign pair of the batch; score = the inference logit
+# difference), a smooth surrogate of 1 - AUC
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -125,8 +140,53 @@ accs = [((diam[tr] > t) == labels[tr]).mean() for t in ts]
 t = ts[int(np.argmax(accs))]
 ref = {"diam_acc": float(((diam[va] > t) == labels[va]).mean()), "diam_auc": float(roc_auc_score(labels[va], diam[va]))}
 print(a.name, "n_train", len(tr), "n_val", len(va), ref, flush=True)
-net = build_network(a.spec, head="angular" if a.loss == "asoftmax" else "linear", in_channels=X.shape[1])
+net = build_network(
+    a.spec, head="angular" if a.loss == "asoftmax" else "linear", in_channels=X.shape[1] + (1 if a.coord else 0)
+)
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
+if a.shells:
+    from naslung.networks.heads import classification_head
+
+    class WithShells(torch.nn.Module):
+        """The network with stage 2's shell means beside its pooled stage-5 features, into a wider head."""
+
+        def __init__(self, inner, k):
+            super().__init__()
+            self.inner = inner
+            axis = torch.arange(32, dtype=torch.float32) - 15.5
+            r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+            shell = (r / 2).floor().clamp(max=k - 1).long().flatten()
+            masks = F.one_hot(shell, k).float()
+            self.register_buffer("masks", masks / masks.sum(0, keepdim=True))  # (32^3, k), columns sum to 1
+            with torch.no_grad():
+                c2 = inner.stage2(inner.stage1(torch.zeros(1, 1, 32, 32, 32))).shape[1]
+            self.head = classification_head(inner.head_type, inner.feature_channels + c2 * k, 2, 4)
+
+        def forward(self, x):
+            n = self.inner
+            s2 = n.stage2(n.stage1(x))
+            g = torch.flatten(n.pool(n.stage5(n.stage4(n.stage3(s2)))), 1)
+            prof = torch.einsum("bcn,nk->bck", s2.float().reshape(s2.shape[0], s2.shape[1], -1), self.masks)
+            return self.head(torch.cat([g, prof.flatten(1)], 1))
+
+    net = WithShells(net, a.shells)
+if a.coord:
+
+    class WithRadius(torch.nn.Module):
+        """The network with the centre-distance map concatenated to its input (after augmentation)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.head = inner, inner.head
+            axis = (torch.arange(32, dtype=torch.float32) - 15.5) / 16.0
+            r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+            self.register_buffer("radius", r[None, None])
+
+        def forward(self, x):
+            xr = torch.cat([x, self.radius.expand(x.shape[0], 1, 32, 32, 32)], 1)
+            return self.inner(xr.contiguous(memory_format=torch.channels_last_3d))
+
+    net = WithRadius(net)
 RATINGS = tuple(c for c in CHARACTERISTICS if c != "malignancy")  # the renderer's inputs, not the label's
 aux_head, pooled = None, {}
 if a.aux > 0:
@@ -138,6 +198,23 @@ if a.aux > 0:
     T = torch.from_numpy(targets).float()
     aux_head = torch.nn.Linear(net.head.in_features, T.shape[1])
     net.head.register_forward_pre_hook(lambda module, args: pooled.__setitem__("features", args[0]))
+Q = None
+if a.teacher > 0:
+    cohort = readers_by_id()
+    if a.teacher_kind == "malignancy":
+        q = np.array([(mean_ratings(cohort[r["nodule_id"]], ("malignancy",))[0] - 1.0) / 4.0 for r in rows])
+    else:
+        feats = np.array(
+            [list(mean_ratings(cohort[r["nodule_id"]], CEILING_RATINGS)) + [float(r["diameter_mm"])] for r in rows]
+        )
+        q = np.full(len(rows), np.nan)
+        for f in np.unique(folds[tr]):
+            fit_rows = tr[folds[tr] != f]
+            own = tr[folds[tr] == f]
+            q[own] = fit_ratings_ceiling(feats[fit_rows], labels[fit_rows]).predict_proba(feats[own])[:, 1]
+    q = np.clip(q, 0.0, 1.0)
+    Q = torch.from_numpy(a.teacher * q + (1.0 - a.teacher) * labels).float()
+    print("teacher", a.teacher_kind, "mean |t - label| on training", float(np.abs(Q.numpy()[tr] - labels[tr]).mean()))
 steps_per_epoch = math.ceil(len(tr) / a.bs)
 total = steps_per_epoch * a.epochs
 kw = {}
@@ -189,6 +266,21 @@ def augment(x):
             c = torch.rot90(c, int(k), axes)
         out[i] = c
     return out.contiguous(memory_format=torch.channels_last_3d)
+
+
+def soft_target_loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``t * loss(class 1) + (1 - t) * loss(class 0)``; for A-Softmax each term puts the margin on its own
+    class (``networks.losses.AngularSoftmaxLoss``'s target logit) and the lambda schedule steps once per call."""
+    if a.loss != "asoftmax":
+        lp = F.log_softmax(out, 1)
+        return -(t * lp[:, 1] + (1 - t) * lp[:, 0])
+    cos_l, psi_l = out[:, 0], out[:, 1]
+    lam = loss_fn.current_lambda
+    loss_fn.iteration += 1
+    margin = (psi_l - cos_l) / (1 + lam)  # (B, 2): each class's target-logit change
+    lp1 = F.log_softmax(torch.stack([cos_l[:, 0], cos_l[:, 1] + margin[:, 1]], 1), 1)
+    lp0 = F.log_softmax(torch.stack([cos_l[:, 0] + margin[:, 0], cos_l[:, 1]], 1), 1)
+    return -(t * lp1[:, 1] + (1 - t) * lp0[:, 0])
 
 
 ema = None
@@ -252,9 +344,20 @@ for ep in range(a.epochs):
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
-        loss = loss_fn(out.float(), yb)
+        if Q is not None:
+            tb = Q[idx]
+            loss = soft_target_loss(out.float(), tb)
+            loss = loss if a.focal > 0 else loss.mean()
+        else:
+            loss = loss_fn(out.float(), yb)
         if a.focal > 0:
             loss = ((1 - torch.exp(-loss.detach())).clamp_min(0) ** a.focal * loss).mean()
+        if a.rank > 0:
+            logits = out.float()[:, 0] if out.ndim == 3 else out.float()  # inference logits (B, 2)
+            score = logits[:, 1] - logits[:, 0]
+            pos, neg = score[yb == 1], score[yb == 0]
+            if len(pos) and len(neg):
+                loss = loss + a.rank * F.softplus(neg[None, :] - pos[:, None]).mean()
         if aux_head is not None:
             loss = loss + a.aux * F.mse_loss(aux_head(pooled["features"].float()), T[idx])
         loss.backward()
