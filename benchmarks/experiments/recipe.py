@@ -144,6 +144,14 @@ net = build_network(
     a.spec, head="angular" if a.loss == "asoftmax" else "linear", in_channels=X.shape[1] + (1 if a.coord else 0)
 )
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
+
+
+def centre_distance() -> torch.Tensor:
+    """(32, 32, 32) distance of each voxel from the cube's centre (15.5, 15.5, 15.5), in voxels (mm)."""
+    axis = torch.arange(32, dtype=torch.float32) - 15.5
+    return (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+
+
 if a.shells:
     from naslung.networks.heads import classification_head
 
@@ -153,14 +161,10 @@ if a.shells:
         def __init__(self, inner, k):
             super().__init__()
             self.inner = inner
-            axis = torch.arange(32, dtype=torch.float32) - 15.5
-            r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-            shell = (r / 2).floor().clamp(max=k - 1).long().flatten()
+            shell = (centre_distance() / 2).floor().clamp(max=k - 1).long().flatten()
             masks = F.one_hot(shell, k).float()
             self.register_buffer("masks", masks / masks.sum(0, keepdim=True))  # (32^3, k), columns sum to 1
-            with torch.no_grad():
-                c2 = inner.stage2(inner.stage1(torch.zeros(1, 1, 32, 32, 32))).shape[1]
-            self.head = classification_head(inner.head_type, inner.feature_channels + c2 * k, 2, 4)
+            self.head = classification_head(inner.head_type, inner.feature_channels + inner.arch.stage2 * k, 2, 4)
 
         def forward(self, x):
             n = self.inner
@@ -178,9 +182,7 @@ if a.coord:
         def __init__(self, inner):
             super().__init__()
             self.inner, self.head = inner, inner.head
-            axis = (torch.arange(32, dtype=torch.float32) - 15.5) / 16.0
-            r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-            self.register_buffer("radius", r[None, None])
+            self.register_buffer("radius", (centre_distance() / 16.0)[None, None])  # in half-widths
 
         def forward(self, x):
             xr = torch.cat([x, self.radius.expand(x.shape[0], 1, 32, 32, 32)], 1)
