@@ -85,9 +85,9 @@ p.add_argument("--windows", default="")  # "LO:HI[,LO:HI...]" HU: one more input
 p.add_argument("--teacher", type=float, default=0.0)  # >0: train on soft targets t = w * q + (1 - w) * label with
 # this weight w, q a teacher's probability of malignancy from the readers' annotations (a training target only: the
 # input stays the cube); A-Softmax's loss is then t * loss(class 1) + (1 - t) * loss(class 0)
-p.add_argument("--teacher_kind", default="ceiling")  # ceiling: the ratings ceiling (8 mean ratings + diameter,
-# logistic regression) cross-fitted over folds 0-7, each fold's q from a fit on the other training folds; malignancy:
-# the readers' mean malignancy rating mapped to (mean - 1) / 4
+p.add_argument("--teacher_kind", default="ceiling", choices=("ceiling", "malignancy"))
+# ceiling: the ratings ceiling (8 mean ratings + diameter, logistic regression) cross-fitted over folds 0-7, each fold's
+# q from a fit on the other training folds; malignancy: the readers' mean malignancy rating mapped to (mean - 1) / 4
 p.add_argument("--coord", type=int, default=0)  # 1: one more input channel, each voxel's distance from the cube's
 # centre in units of the half-width (the same map for every cube, CoordConv-like; not derived from annotations), so the
 # first convolutions can weigh intensity by position (shell profiles, a solid core in a ground-glass halo)
