@@ -450,6 +450,8 @@ res = {
     "calcification_weight": last_epoch_calcification_weight(),
     "ground_glass_auc": ground_glass_auc(),
     "val_probabilities": [round(float(v), 6) for v in snapshots[-1]],
+    # every epoch's validation probabilities, so averages over any window of epochs can be scored afterwards
+    "val_probabilities_by_epoch": [[round(float(v), 6) for v in epoch] for epoch in snapshots],
     **{
         f"last5_{k}": float(np.mean([h[k] for h in hist[-5:]]))
         for k in hist[-1]

@@ -70,7 +70,7 @@ def load_train_config(
 
     Raises:
         ConfigError: the file is missing or unreadable, an override names an unknown key, or a recipe value is out
-            of range (``checkpoint_metric``, ``rotate90_prob``, ``lambda_floor_fraction``).
+            of range (``checkpoint_metric``, ``rotate90_prob``, ``lambda_floor_fraction``, ``lambda_min``).
     """
     parser = merge_config("train", config, overrides, new_keys_in_config=True)
     _check_recipe(parser.config, config)
@@ -83,7 +83,7 @@ def _check_recipe(merged: dict[str, Any], source: Any) -> None:
     Raises:
         ConfigError: ``checkpoint_metric`` not one of :data:`~naslung.pipeline.metrics.BINARY_METRICS`,
             ``rotate90_prob`` or ``checkpoint_from_fraction`` outside [0, 1], or ``lambda_floor_fraction`` outside
-            (0, 1] (``null`` allowed).
+            (0, 1] (``null`` allowed), or ``lambda_min`` outside (0, 1500] (the schedule's start).
     """
     where = f" (config: {source})" if isinstance(source, (str, os.PathLike)) else ""
 
@@ -103,6 +103,11 @@ def _check_recipe(merged: dict[str, Any], source: Any) -> None:
     floor = literal("lambda_floor_fraction", None)
     if floor is not None and (not isinstance(floor, (int, float)) or not 0.0 < float(floor) <= 1.0):
         raise ConfigError(f"lambda_floor_fraction {floor!r}{where}: a fraction of the run in (0, 1], or null")
+    lambda_min = literal("lambda_min", 5.0)
+    if lambda_min is not None and (
+        not isinstance(lambda_min, (int, float)) or isinstance(lambda_min, bool) or not 0.0 < lambda_min <= 1500.0
+    ):
+        raise ConfigError(f"lambda_min {lambda_min!r}{where}: A-Softmax's lambda floor, a number in (0, 1500]")
 
 
 def network_overrides(network: str = "cbam_resnet3d", arch: str | None = None) -> dict[str, Any]:

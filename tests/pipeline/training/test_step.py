@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.bundle import ConfigParser
 
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.data.datalists import read_manifest
@@ -214,11 +215,24 @@ def test_unknown_lr_schedule_is_a_config_error():
         [{"checkpoint_metric": "loss"}, "checkpoint_metric 'loss'"],
         [{"rotate90_prob": 1.5}, "rotate90_prob 1.5"],
         [{"lambda_floor_fraction": 0.0}, "lambda_floor_fraction 0.0"],
+        [{"lambda_min": 0.0}, "lambda_min 0.0"],
+        [{"lambda_min": 2000}, "lambda_min 2000"],
     ],
 )
 def test_out_of_range_recipe_values_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_train_config(overrides=overrides)
+
+
+def test_lambda_min_reaches_the_loss():
+    """The training config's ``lambda_min`` is A-Softmax's floor, reached at ``lambda_floor_fraction`` of the run."""
+    parser = ConfigParser(load_train_config(overrides={"lambda_min": 10.0, "lambda_floor_fraction": 0.5}))
+    parser["train_data"] = [{}] * 64  # 2 iterations per epoch at the packaged batch size of 32
+    loss = parser.get_parsed_content("loss")
+    floor_iteration = parser.get_parsed_content("lambda_floor_iteration")
+    assert loss.schedule.lambda_min == 10.0
+    assert loss.schedule(floor_iteration - 1) > 10.0
+    assert loss.schedule(floor_iteration) == pytest.approx(10.0)
 
 
 def test_recipe_values_may_be_expressions():
