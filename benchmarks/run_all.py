@@ -22,6 +22,7 @@ BENCHMARKS = (
     "prepare",
     "latency",
     "train_step",
+    "step_breakdown",
     "search",
     "ray_scaling",
     "anchors",
@@ -38,6 +39,8 @@ HEADLINES = {
     # one seed twice with one latency table: same selection?; without it: how far latencies moved; score ties
     "search_determinism": re.compile(r"identical journal|without the table|distinct scores"),
     # the probe's title per renderer version, then 10-fold accuracy/AUC of the cube features beside the anchors
+    # each variant's milliseconds per training step and its share of the whole step
+    "step_breakdown": re.compile(r"of the whole step"),
     "signal_probe": re.compile(
         r"^== |^model |^(cube_features|cube_size_only|diameter_rule|ratings_ceiling|rendered_ratings)"
     ),

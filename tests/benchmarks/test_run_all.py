@@ -13,6 +13,16 @@ def test_every_benchmark_is_listed(benchmarks_dir, load_benchmark):
 # benchmark, its stdout (lines as the benchmark prints them), the lines run_all must keep
 HEADLINE_CASES = [
     [
+        "step_breakdown",
+        "whole step                   210.0 ms/step  100.0% of the whole step\n"
+        "without stage 2's CBAM       150.0 ms/step   71.4% of the whole step\n"
+        "wrote benchmarks/results/step_breakdown.json\n",
+        [
+            "whole step                   210.0 ms/step  100.0% of the whole step",
+            "without stage 2's CBAM       150.0 ms/step   71.4% of the whole step",
+        ],
+    ],
+    [
         "search_determinism",
         "run          wall s  timed reused pruned  selected\n"
         "table          12.0      6      0      0  4-4_4_4_8\n"
