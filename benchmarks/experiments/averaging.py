@@ -7,7 +7,7 @@ Run: ``python benchmarks/experiments/averaging.py --data DIR [--out FILE]`` afte
 - **Snapshots**: for each ``s12_swa_s*`` run (Model-1, seeds 0-3, folds 8-9), the validation AUC of the mean
   probability of its last k epochs (k = 2..5) minus its last epoch's.
 - **Lambda floor**: each pair of runs that differ only in A-Softmax's floor (5 against ``--lam_min 10``, seeds 0-3 on
-  validation folds 8-9, 6-7 and 5; 10 against 20 on folds 8-9 and 5): the final validation AUC and accuracy of each,
+  validation folds 8-9, 6-7 and 5; 10 against 20 on all three): the final validation AUC and accuracy of each,
   their differences, and the means.
 - **Member seeds**: the pipeline trains every member of an ensemble with the run's seed. Over the runs of different
   networks among ``s12_div*`` and ``s12_swa_s*`` (seed in the name's last digit), pairs that share the seed against
@@ -42,6 +42,7 @@ FLOOR_PAIRS = {
     ],
     "lambda_floor_20_minus_10": [
         *((f"s12_lmin10_s{seed}", f"s12_lmin20_s{seed}") for seed in range(4)),
+        *((f"s12_v67lmin10_s{seed}", f"s12_v67lmin20_s{seed}") for seed in range(4)),
         *((f"s12_v5lmin10_s{seed}", f"s12_v5lmin20_s{seed}") for seed in range(4)),
     ],
 }
