@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from signal_probe import cube_features  # noqa: E402
 
 from naslung.pipeline.atomic_io import write_json  # noqa: E402
+from naslung.pipeline.ensemble.reference_models import fit_diameter_threshold  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
 RESULTS_FILE = RECIPE_DIR / "seed_ensembles.json"
@@ -52,12 +53,10 @@ def _subset_means(probabilities: list[np.ndarray], labels: np.ndarray, k: int) -
 
 
 def reference_models(features: np.ndarray, diameter: np.ndarray, labels: np.ndarray, train: np.ndarray) -> dict:
-    """The diameter rule (threshold of best training accuracy) and the cube-feature logistic regression, fitted on
-    ``train`` (a boolean mask) and scored on the rest."""
+    """The diameter rule (the pipeline's threshold of best training accuracy) and the cube-feature logistic
+    regression, fitted on ``train`` (a boolean mask) and scored on the rest."""
     test = ~train
-    thresholds = np.unique(diameter[train])
-    accuracy = [((diameter[train] > t) == labels[train]).mean() for t in thresholds]
-    t = float(thresholds[int(np.argmax(accuracy))])
+    t, _ = fit_diameter_threshold(diameter[train], labels[train])
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features[train], labels[train])
     p = model.predict_proba(features[test])[:, 1]
     return {
