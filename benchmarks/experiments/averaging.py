@@ -20,7 +20,6 @@ Written to ``--out`` (default ``benchmarks/results/recipe/s12_averaging.json``) 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from pathlib import Path
@@ -30,6 +29,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.data.datalists import read_manifest
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
 RESULTS_FILE = RECIPE_DIR / "s12_averaging.json"
@@ -58,10 +58,8 @@ MEMBER_RUNS = {
 
 
 def _validation_labels(data: Path, val_folds: str) -> np.ndarray:
-    with open(data / "manifest.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     wanted = {int(f) for f in val_folds.split(",")}
-    return np.array([int(r["label"]) for r in rows if int(r["fold"]) in wanted])
+    return np.array([r["label"] for r in read_manifest(data / "manifest.csv") if r["fold"] in wanted])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ Written to ``--out`` (default ``benchmarks/results/recipe/seed_ensembles.json``)
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import itertools
 import json
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from signal_probe import cube_features  # noqa: E402
 
 from naslung.pipeline.atomic_io import write_json  # noqa: E402
+from naslung.pipeline.data.datalists import read_manifest  # noqa: E402
 from naslung.pipeline.ensemble.reference_models import fit_diameter_threshold  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
@@ -78,14 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="+", help="GROUP=GLOB of recipe result files (seeds of one recipe)")
     parser.add_argument("--out", type=Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
-    with open(args.data / "manifest.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    labels = np.array([int(r["label"]) for r in rows])
-    folds = np.array([int(r["fold"]) for r in rows])
+    rows = read_manifest(args.data / "manifest.csv")
+    labels = np.array([r["label"] for r in rows])
+    folds = np.array([r["fold"] for r in rows])
     diameter = np.array([float(r["diameter_mm"]) for r in rows])
-    features = np.nan_to_num(
-        np.array([list(cube_features(np.load(args.data / r["image"])).values()) for r in rows], dtype=float)
-    )
+    features = np.nan_to_num(np.array([list(cube_features(np.load(r["image"])).values()) for r in rows], dtype=float))
     results: dict[str, dict] = {}
     for group in args.groups:
         name, _, pattern = group.partition("=")
