@@ -97,6 +97,11 @@ p.add_argument("--shells", type=int, default=0)  # >0: also pool stage 2's outpu
 p.add_argument("--rank", type=float, default=0.0)  # >0: add this weight times a pairwise ranking loss (softplus of
 # the benign-minus-malignant score over every malignant/benign pair of the batch; score = the inference logit
 # difference), a smooth surrogate of 1 - AUC
+p.add_argument("--noise", type=float, default=0.0)  # >0: add Gaussian noise of this standard deviation (HU) to every
+# training cube after the crop, flips and turns (regularises against the rendered noise pattern)
+p.add_argument("--smooth", type=float, default=0.0)  # >0: label smoothing of the (A-Softmax) cross-entropy
+p.add_argument("--zero_res", type=int, default=0)  # 1: start each residual block's last batch-norm scale at zero, so
+# every block begins as its shortcut (Goyal et al. 2017)
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -144,6 +149,12 @@ net = build_network(
     a.spec, head="angular" if a.loss == "asoftmax" else "linear", in_channels=X.shape[1] + (1 if a.coord else 0)
 )
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
+if a.zero_res:
+    from naslung.networks.blocks.residual import ResidualBlock
+
+    for block in [m for m in net.modules() if isinstance(m, ResidualBlock)]:
+        norms = [m for m in block.conv2.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        torch.nn.init.zeros_(norms[-1].weight)
 
 
 def centre_distance() -> torch.Tensor:
@@ -267,6 +278,8 @@ def augment(x):
             axes = [(1, 2), (1, 3), (2, 3)][rng.integers(0, 3)]
             c = torch.rot90(c, int(k), axes)
         out[i] = c
+    if a.noise > 0:
+        out = out + torch.randn(out.shape) * (a.noise / 1800.0)
     return out.contiguous(memory_format=torch.channels_last_3d)
 
 
@@ -350,6 +363,14 @@ for ep in range(a.epochs):
             tb = Q[idx]
             loss = soft_target_loss(out.float(), tb)
             loss = loss if a.focal > 0 else loss.mean()
+        elif a.smooth > 0:
+            o = out.float()
+            if o.ndim == 3:  # A-Softmax's (B, 2, K): cos and psi logits, the margin on the target class
+                lam = loss_fn.current_lambda
+                loss_fn.iteration += 1
+                hot = F.one_hot(yb.long(), o.shape[2]).float()
+                o = o[:, 0] + hot * (o[:, 1] - o[:, 0]) / (1.0 + lam)
+            loss = F.cross_entropy(o, yb.long(), label_smoothing=a.smooth)
         else:
             loss = loss_fn(out.float(), yb)
         if a.focal > 0:
