@@ -1,0 +1,112 @@
+"""Paired differences between two recipe arms: each arm run against the base run of the same seed and validation folds.
+
+Run: ``python benchmarks/experiments/paired.py NAME=BASE_GLOB,ARM_GLOB [NAME=...] [--out FILE]``, each glob naming
+:mod:`recipe` result files in ``benchmarks/results/recipe/`` (e.g. ``e13=s12_*lmin10_s*.json,s13_*e13_s*.json``).
+
+Runs pair when their ``args`` share ``seed`` and ``val_folds``; every other argument that differs within a pair is
+listed (``differs``), so a comparison that changes more than it says shows it. Same code and data give the same run
+to the last digit (``s13_repro_s0`` repeats ``s12_lmin10_s0``), so a pair isolates its change from the seeds' spread.
+For each comparison: per pair the final (last-epoch) validation AUC and accuracy of both runs and their differences,
+then the mean differences and how many pairs the arm is ahead in.
+
+Written to ``--out`` (default ``benchmarks/results/recipe/paired.json``; comparisons already there and not named
+again are kept) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+
+from naslung.pipeline.atomic_io import write_json
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
+RESULTS_FILE = RECIPE_DIR / "paired.json"
+#: Arguments that name a run or set what a pair shares, never a difference of recipe.
+_IDENTITY = {"name", "seed", "val_folds"}
+
+
+def _runs(pattern: str) -> dict[tuple[int, str], dict]:
+    """Recipe results matching ``pattern`` in :data:`RECIPE_DIR`, keyed by (seed, validation folds)."""
+    runs: dict[tuple[int, str], dict] = {}
+    for path in sorted(glob.glob(str(RECIPE_DIR / pattern))):
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        if "final" not in result or "args" not in result:
+            raise SystemExit(f"{path}: not a finished recipe run (no 'final' or 'args')")
+        key = (int(result["args"]["seed"]), str(result["args"]["val_folds"]))
+        if key in runs:
+            raise SystemExit(f"{path}: a second run for seed {key[0]}, validation folds {key[1]} in {pattern!r}")
+        runs[key] = result
+    return runs
+
+
+def compare(base_glob: str, arm_glob: str) -> dict:
+    """Every pair of ``arm_glob`` and ``base_glob`` runs with the same seed and validation folds, and the means."""
+    base, arm = _runs(base_glob), _runs(arm_glob)
+    pairs = []
+    for key in sorted(set(base) & set(arm), key=lambda k: (k[1], k[0])):
+        b, a = base[key], arm[key]
+        names = (set(b["args"]) | set(a["args"])) - _IDENTITY
+        differs = sorted(k for k in names if b["args"].get(k) != a["args"].get(k))
+        pairs.append(
+            {
+                "seed": key[0],
+                "val_folds": key[1],
+                "base": b["args"]["name"],
+                "arm": a["args"]["name"],
+                "differs": {k: [b["args"].get(k), a["args"].get(k)] for k in differs},
+                "base_auc": b["final"]["val_auc"],
+                "arm_auc": a["final"]["val_auc"],
+                "d_auc": a["final"]["val_auc"] - b["final"]["val_auc"],
+                "base_accuracy": b["final"]["val_acc"],
+                "arm_accuracy": a["final"]["val_acc"],
+                "d_accuracy": a["final"]["val_acc"] - b["final"]["val_acc"],
+            }
+        )
+    if not pairs:
+        raise SystemExit(f"no pairs between {base_glob!r} and {arm_glob!r} (same seed and validation folds)")
+    d_auc = np.array([p["d_auc"] for p in pairs])
+    d_acc = np.array([p["d_accuracy"] for p in pairs])
+    return {
+        "base_glob": base_glob,
+        "arm_glob": arm_glob,
+        "n_pairs": len(pairs),
+        "mean_d_auc": float(d_auc.mean()),
+        "auc_ahead": int((d_auc > 0).sum()),
+        "mean_d_accuracy": float(d_acc.mean()),
+        "accuracy_ahead": int((d_acc > 0).sum()),
+        "pairs": pairs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comparisons", nargs="+", help="NAME=BASE_GLOB,ARM_GLOB")
+    parser.add_argument("--out", type=Path, default=RESULTS_FILE)
+    args = parser.parse_args(argv)
+    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    for item in args.comparisons:
+        name, _, globs = item.partition("=")
+        base_glob, _, arm_glob = globs.partition(",")
+        if not (name and base_glob and arm_glob):
+            raise SystemExit(f"{item!r}: expected NAME=BASE_GLOB,ARM_GLOB")
+        results[name] = result = compare(base_glob, arm_glob)
+        for p in result["pairs"]:
+            print(
+                f"{name} folds {p['val_folds']} seed {p['seed']}: AUC {p['base_auc']:.4f} -> {p['arm_auc']:.4f} "
+                f"({p['d_auc']:+.4f}), accuracy {p['d_accuracy']:+.3f}, differs {p['differs']}"
+            )
+        print(
+            f"{name}: {result['n_pairs']} pairs, AUC {result['mean_d_auc']:+.4f} (ahead {result['auc_ahead']}), "
+            f"accuracy {result['mean_d_accuracy']:+.4f} (ahead {result['accuracy_ahead']})"
+        )
+    write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
