@@ -4,7 +4,8 @@ Run: ``python benchmarks/experiments/paired.py NAME=BASE_GLOB,ARM_GLOB [NAME=...
 :mod:`recipe` result files in ``benchmarks/results/recipe/`` (e.g. ``e13=s12_*lmin10_s*.json,s13_*e13_s*.json``).
 
 Runs pair when their ``args`` share ``seed`` and ``val_folds``; every other argument that differs within a pair is
-listed (``differs``), so a comparison that changes more than it says shows it. Same code and data give the same run
+listed (``differs``), so a comparison that changes more than it says shows it; an argument added to :mod:`recipe` after
+one of the runs counts as the same when the other run left it off. Same code and data give the same run
 to the last digit (``s13_repro_s0`` repeats ``s12_lmin10_s0``), so a pair isolates its change from the seeds' spread.
 For each comparison: per pair the final (last-epoch) validation AUC and accuracy of both runs and their differences,
 then the mean differences and how many pairs the arm is ahead in.
@@ -30,6 +31,18 @@ RESULTS_FILE = RECIPE_DIR / "paired.json"
 _IDENTITY = {"name", "seed", "val_folds"}
 
 
+_MISSING = object()
+
+
+def _differs(base: object, arm: object) -> bool:
+    """Whether two values of one argument differ; an argument that one run predates (added to :mod:`recipe` later)
+    equals a false value (0, 0.0, "", False: every such option's off state) in the other."""
+    if base is _MISSING or arm is _MISSING:
+        present = arm if base is _MISSING else base
+        return present is not _MISSING and bool(present)
+    return base != arm
+
+
 def _runs(pattern: str) -> dict[tuple[int, str], dict]:
     """Recipe results matching ``pattern`` in :data:`RECIPE_DIR`, keyed by (seed, validation folds)."""
     runs: dict[tuple[int, str], dict] = {}
@@ -51,7 +64,7 @@ def compare(base_glob: str, arm_glob: str) -> dict:
     for key in sorted(set(base) & set(arm), key=lambda k: (k[1], k[0])):
         b, a = base[key], arm[key]
         names = (set(b["args"]) | set(a["args"])) - _IDENTITY
-        differs = sorted(k for k in names if b["args"].get(k) != a["args"].get(k))
+        differs = sorted(k for k in names if _differs(b["args"].get(k, _MISSING), a["args"].get(k, _MISSING)))
         pairs.append(
             {
                 "seed": key[0],

@@ -27,14 +27,14 @@ def test_pairs_by_seed_and_folds_and_lists_differences(paired, tmp_path):
     _run(tmp_path, "b_s1", 1, "8,9", 0.88, 0.82)
     _run(tmp_path, "bv_s0", 0, "6,7", 0.91, 0.85)
     _run(tmp_path, "a_s0", 0, "8,9", 0.92, 0.79, epochs=13)
-    _run(tmp_path, "a_s1", 1, "8,9", 0.87, 0.84, epochs=13)
+    _run(tmp_path, "a_s1", 1, "8,9", 0.87, 0.84, epochs=13, smooth=0.0)  # an option b predates, left off
     _run(tmp_path, "a_s5", 5, "8,9", 0.99, 0.99, epochs=13)  # no base of seed 5: left out
     result = paired.compare("b*_s*.json", "a_s*.json")
     assert result["n_pairs"] == 2
     assert [p["base"] for p in result["pairs"]] == ["b_s0", "b_s1"]
     assert result["mean_d_auc"] == pytest.approx(0.005)
     assert result["auc_ahead"] == 1 and result["accuracy_ahead"] == 1
-    assert result["pairs"][0]["differs"] == {"epochs": [10, 13]}
+    assert result["pairs"][0]["differs"] == result["pairs"][1]["differs"] == {"epochs": [10, 13]}
 
 
 def test_main_writes_and_keeps_other_comparisons(paired, tmp_path):
