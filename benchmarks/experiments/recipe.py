@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
+from naslung.networks.blocks.residual import ResidualBlock
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, fit_ratings_ceiling, mean_ratings
@@ -150,8 +151,6 @@ net = build_network(
 )
 net = use_narrow_channel_kernels(net.to(memory_format=torch.channels_last_3d))
 if a.zero_res:
-    from naslung.networks.blocks.residual import ResidualBlock
-
     for block in [m for m in net.modules() if isinstance(m, ResidualBlock)]:
         norms = [m for m in block.conv2.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         torch.nn.init.zeros_(norms[-1].weight)
