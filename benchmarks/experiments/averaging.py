@@ -7,8 +7,8 @@ Run: ``python benchmarks/experiments/averaging.py --data DIR [--out FILE]`` afte
 - **Snapshots**: for each ``s12_swa_s*`` run (Model-1, seeds 0-3, folds 8-9), the validation AUC of the mean
   probability of its last k epochs (k = 2..5) minus its last epoch's.
 - **Lambda floor**: each pair of runs that differ only in A-Softmax's floor (5 against ``--lam_min 10``, seeds 0-3 on
-  validation folds 8-9, 6-7 and 5; 10 against 20 on all three): the final validation AUC and accuracy of each,
-  their differences, and the means.
+  validation folds 8-9, 6-7 and 5; 10 against 20 on all three), paired by :func:`paired.compare`: the final
+  validation AUC and accuracy of each, their differences, and the means.
 - **Member seeds**: the pipeline trains every member of an ensemble with the run's seed. Over the runs of different
   networks among ``s12_div*`` and ``s12_swa_s*`` (seed in the name's last digit), pairs that share the seed against
   pairs that do not: the Spearman correlation of the two networks' validation probabilities, and the AUC of their
@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from paired import compare  # this folder's script, on sys.path
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -33,18 +34,16 @@ from naslung.pipeline.data.datalists import read_manifest
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
 RESULTS_FILE = RECIPE_DIR / "s12_averaging.json"
-#: Pairs of session-12 runs that differ only in A-Softmax's lambda floor (same seed and folds), by comparison.
+#: Session-12 runs that differ only in A-Softmax's lambda floor, as (base globs, arm globs) of :func:`paired.compare`.
 FLOOR_PAIRS = {
-    "lambda_floor_10_minus_5": [
-        *((f"s12_swa_s{seed}", f"s12_lmin10_s{seed}") for seed in range(4)),
-        *((f"s12_v67_s{seed}", f"s12_v67lmin10_s{seed}") for seed in range(4)),
-        *((f"s12_v5_s{seed}", f"s12_v5lmin10_s{seed}") for seed in range(4)),
-    ],
-    "lambda_floor_20_minus_10": [
-        *((f"s12_lmin10_s{seed}", f"s12_lmin20_s{seed}") for seed in range(4)),
-        *((f"s12_v67lmin10_s{seed}", f"s12_v67lmin20_s{seed}") for seed in range(4)),
-        *((f"s12_v5lmin10_s{seed}", f"s12_v5lmin20_s{seed}") for seed in range(4)),
-    ],
+    "lambda_floor_10_minus_5": (
+        ["s12_swa_s?.json", "s12_v67_s?.json", "s12_v5_s?.json"],
+        ["s12_lmin10_s?.json", "s12_v67lmin10_s?.json", "s12_v5lmin10_s?.json"],
+    ),
+    "lambda_floor_20_minus_10": (
+        ["s12_lmin10_s?.json", "s12_v67lmin10_s?.json", "s12_v5lmin10_s?.json"],
+        ["s12_lmin20_s?.json", "s12_v67lmin20_s?.json", "s12_v5lmin20_s?.json"],
+    ),
 }
 #: Runs of four networks (name -> network): three the quick profile's search selected in session 10, and Model-1.
 MEMBER_RUNS = {
@@ -98,30 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(name, {k: round(v, 4) for k, v in row.items()})
     for kind, row in summary.items():
         print(kind, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    floors = {}
-    for comparison, names in FLOOR_PAIRS.items():
-        rows = []
-        for base, change in names:
-            finals = [
-                json.loads((RECIPE_DIR / f"{n}.json").read_text(encoding="utf-8"))["final"] for n in (base, change)
-            ]
-            rows.append(
-                {
-                    "runs": [base, change],
-                    "auc": [finals[0]["val_auc"], finals[1]["val_auc"]],
-                    "accuracy": [finals[0]["val_acc"], finals[1]["val_acc"]],
-                    "auc_difference": finals[1]["val_auc"] - finals[0]["val_auc"],
-                    "accuracy_difference": finals[1]["val_acc"] - finals[0]["val_acc"],
-                }
-            )
-        floors[comparison] = {
-            "pairs": rows,
-            "mean_auc_difference": float(np.mean([r["auc_difference"] for r in rows])),
-            "auc_ahead": sum(r["auc_difference"] > 0 for r in rows),
-            "mean_accuracy_difference": float(np.mean([r["accuracy_difference"] for r in rows])),
-            "accuracy_ahead": sum(r["accuracy_difference"] > 0 for r in rows),
-        }
-        print(comparison, {k: v for k, v in floors[comparison].items() if k != "pairs"})
+    floors = {name: compare(*globs) for name, globs in FLOOR_PAIRS.items()}
+    for name, result in floors.items():
+        print(name, {k: v for k, v in result.items() if k != "pairs"})
     write_json(args.out, {**floors, "snapshots": snapshots, "member_seeds": summary, "pairs": pairs})
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,13 @@ def _differs(base: object, arm: object) -> bool:
     return base != arm
 
 
-def _runs(pattern: str) -> dict[tuple[int, str], dict]:
-    """Recipe results matching ``pattern`` in :data:`RECIPE_DIR`, keyed by (seed, validation folds)."""
+def _runs(patterns: str | Sequence[str]) -> dict[tuple[int, str], dict]:
+    """Recipe results matching ``patterns`` (one glob or several) in :data:`RECIPE_DIR`, keyed by (seed, validation
+    folds)."""
+    pattern = patterns if isinstance(patterns, str) else " or ".join(patterns)
+    paths = [patterns] if isinstance(patterns, str) else list(patterns)
     runs: dict[tuple[int, str], dict] = {}
-    for path in sorted(glob.glob(str(RECIPE_DIR / pattern))):
+    for path in sorted({p for glob_ in paths for p in glob.glob(str(RECIPE_DIR / glob_))}):
         result = json.loads(Path(path).read_text(encoding="utf-8"))
         if "final" not in result or "args" not in result:
             raise SystemExit(f"{path}: not a finished recipe run (no 'final' or 'args')")
@@ -57,8 +61,9 @@ def _runs(pattern: str) -> dict[tuple[int, str], dict]:
     return runs
 
 
-def compare(base_glob: str, arm_glob: str) -> dict:
-    """Every pair of ``arm_glob`` and ``base_glob`` runs with the same seed and validation folds, and the means."""
+def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str]) -> dict:
+    """Every pair of ``arm_glob`` and ``base_glob`` runs (each one glob or several) with the same seed and validation
+    folds, and the means."""
     base, arm = _runs(base_glob), _runs(arm_glob)
     pairs = []
     for key in sorted(set(base) & set(arm), key=lambda k: (k[1], k[0])):

@@ -35,6 +35,8 @@ def test_pairs_by_seed_and_folds_and_lists_differences(paired, tmp_path):
     assert result["mean_d_auc"] == pytest.approx(0.005)
     assert result["auc_ahead"] == 1 and result["accuracy_ahead"] == 1
     assert result["pairs"][0]["differs"] == result["pairs"][1]["differs"] == {"epochs": [10, 13]}
+    both = paired.compare(["b_s*.json", "bv_s*.json"], ["a_s*.json"])  # several globs per side
+    assert [p["base"] for p in both["pairs"]] == ["b_s0", "b_s1"]
 
 
 def test_main_writes_and_keeps_other_comparisons(paired, tmp_path):
