@@ -47,10 +47,10 @@ def _differs(base: object, arm: object) -> bool:
 def _runs(patterns: str | Sequence[str]) -> dict[tuple[int, str], dict]:
     """Recipe results matching ``patterns`` (one glob or several) in :data:`RECIPE_DIR`, keyed by (seed, validation
     folds)."""
-    pattern = patterns if isinstance(patterns, str) else " or ".join(patterns)
-    paths = [patterns] if isinstance(patterns, str) else list(patterns)
+    globs = [patterns] if isinstance(patterns, str) else list(patterns)
+    pattern = " or ".join(globs)  # for messages
     runs: dict[tuple[int, str], dict] = {}
-    for path in sorted({p for glob_ in paths for p in glob.glob(str(RECIPE_DIR / glob_))}):
+    for path in sorted({p for glob_ in globs for p in glob.glob(str(RECIPE_DIR / glob_))}):
         result = json.loads(Path(path).read_text(encoding="utf-8"))
         if "final" not in result or "args" not in result:
             raise SystemExit(f"{path}: not a finished recipe run (no 'final' or 'args')")
