@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax]
 [--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]
-[--ema 0.99] [--tta 1] [--remap HU:U]``
+[--ema 0.99] [--tta 1] [--remap HU:U] [--pool avgmax]``
 on a prepared data set
 (``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
 (0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
@@ -103,6 +103,9 @@ p.add_argument("--noise", type=float, default=0.0)  # >0: add Gaussian noise of 
 p.add_argument("--smooth", type=float, default=0.0)  # >0: label smoothing of the (A-Softmax) cross-entropy
 p.add_argument("--zero_res", type=int, default=0)  # 1: start each residual block's last batch-norm scale at zero, so
 # every block begins as its shortcut (Goyal et al. 2017)
+# "": global average (the network's own); avgmax: the head reads stage 5's global average and global maximum side by
+# side (2 C^5_N features), e.g. to see a small bright calcification as well as the volume
+p.add_argument("--pool", default="", choices=("", "avgmax"))
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -184,6 +187,23 @@ if a.shells:
             return self.head(torch.cat([g, prof.flatten(1)], 1))
 
     net = WithShells(net, a.shells)
+if a.pool == "avgmax":
+    from naslung.networks.heads import classification_head
+
+    class WithMaxPool(torch.nn.Module):
+        """The network with stage 5's global maximum beside its global average, into a head twice as wide."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.head = classification_head(inner.head_type, 2 * inner.feature_channels, 2, 4)
+
+        def forward(self, x):
+            n = self.inner
+            s5 = n.stage5(n.stage4(n.stage3(n.stage2(n.stage1(x)))))
+            return self.head(torch.cat([s5.mean((2, 3, 4)), s5.amax((2, 3, 4))], 1))
+
+    net = WithMaxPool(net)
 if a.coord:
 
     class WithRadius(torch.nn.Module):
