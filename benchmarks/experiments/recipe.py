@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.networks.blocks.residual import ResidualBlock
+from naslung.networks.heads import classification_head
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, fit_ratings_ceiling, mean_ratings
@@ -166,7 +167,6 @@ def centre_distance() -> torch.Tensor:
 
 
 if a.shells:
-    from naslung.networks.heads import classification_head
 
     class WithShells(torch.nn.Module):
         """The network with stage 2's shell means beside its pooled stage-5 features, into a wider head."""
@@ -188,7 +188,6 @@ if a.shells:
 
     net = WithShells(net, a.shells)
 if a.pool == "avgmax":
-    from naslung.networks.heads import classification_head
 
     class WithMaxPool(torch.nn.Module):
         """The network with stage 5's global maximum beside its global average, into a head twice as wide."""
