@@ -270,6 +270,29 @@ def _fold_row(name: str, rows: Any, folds: list[int], metric: str, signed: bool 
     return f"| {name} | " + " | ".join(cells) + f" | {mean_cell} |"
 
 
+def _bootstrap_line(bootstrap: dict[str, Any]) -> str:
+    """The paired bootstrap's intervals of the ensemble's lead over the diameter rule, as one bullet."""
+    level = round(100 * float(bootstrap.get("level", 0.95)))
+    parts = []
+    for metric, name, scale, digits, unit in (
+        ("accuracy", "accuracy", 100.0, 1, " points"),
+        ("auc", "AUC", 1.0, 3, ""),
+    ):
+        stats = bootstrap.get(metric)
+        if not stats:
+            continue
+        low, high = float(stats["low"]) * scale, float(stats["high"]) * scale
+        verdict = "; a lead these nodules cannot tell from none" if low <= 0.0 <= high else ""
+        parts.append(
+            f"{name} {float(stats['observed']) * scale:+.{digits}f}{unit} ({level}% interval {low:+.{digits}f} to "
+            f"{high:+.{digits}f}, ahead in {100 * float(stats['ahead_fraction']):.0f}% of resamples{verdict})"
+        )
+    return (
+        f"- how sure the lead is (paired bootstrap of the test nodules, {bootstrap.get('resamples')} resamples within "
+        "each fold, stratified by label; ensemble − diameter rule, mean over folds): " + "; ".join(parts)
+    )
+
+
 def _references(run: Path) -> str:
     ensemble = _read_json(RunLayout(run).ensemble_metrics)
     if not ensemble:
@@ -321,6 +344,9 @@ def _references(run: Path) -> str:
             f"- the ensemble is ahead of the diameter rule on accuracy in **{summary.get('accuracy_folds_ahead')} of "
             f"{n}** folds and on AUC in **{summary.get('auc_folds_ahead')} of {n}** folds"
         )
+    bootstrap = versus.get("bootstrap")
+    if bootstrap:
+        lines.append(_bootstrap_line(bootstrap))
     if "per_fold" in rule:
         lines.append(
             "- diameter thresholds t per fold (mm): "

@@ -21,7 +21,9 @@ The reference models of :mod:`naslung.pipeline.reference_models` (the diameter r
 ceiling, which read no image) are fitted on each held-out fold's training folds of ``RUN/data/manifest.csv`` and
 scored on exactly the ensemble's test nodules. ``metrics.json``'s ``reference_models`` holds each one's per-fold
 metrics and mean ± std (or ``omitted`` with the reason), and ``ensemble_minus_diameter_rule`` the per-fold
-difference of accuracy and AUC with its mean ± std and the number of folds where the ensemble is ahead.
+difference of accuracy and AUC with its mean ± std, the number of folds where the ensemble is ahead, and a paired
+bootstrap interval of the mean difference over the test nodules
+(:func:`naslung.pipeline.ensemble.paired_bootstrap.paired_bootstrap`), which the report turns into one line.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from naslung.pipeline.atomic_io import write_csv, write_json
 from naslung.pipeline.ensemble.baselines import baseline_prediction_files, baseline_records
 from naslung.pipeline.ensemble.figures import plot_ensemble_size, plot_per_fold_comparison
+from naslung.pipeline.ensemble.paired_bootstrap import paired_bootstrap
 from naslung.pipeline.ensemble.published import write_results_table
 from naslung.pipeline.ensemble.reference_models import (
     DIAMETER_RULE,
@@ -46,6 +49,7 @@ from naslung.pipeline.ensemble.reference_models import (
     REFERENCE_LABELS,
     REFERENCE_METHODS,
     REFERENCE_MODELS,
+    ReferenceData,
     evaluate_reference_models,
     fold_differences,
     load_reference_data,
@@ -221,11 +225,39 @@ def _fold_row(fold: int, labels: np.ndarray, matrix: np.ndarray, threshold: floa
     return row
 
 
+def _bootstrap_against_rule(
+    data: ReferenceData,
+    rule_per_fold: Sequence[Mapping[str, Any]],
+    fold_nodules: Mapping[int, Sequence[str]],
+    fold_labels: Mapping[int, Sequence[int]],
+    fold_scores: Mapping[int, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """Paired bootstrap of ensemble - diameter rule on each fold's test nodules (the rule's t of that fold)."""
+    assert data.diameter_mm is not None  # the rule has per-fold results, so every nodule has a diameter
+    folds = []
+    for record in rule_per_fold:
+        fold = int(record["fold"])
+        diameter = data.diameter_mm[data.index(fold_nodules[fold])]
+        probability, prediction = fold_scores[fold]
+        folds.append(
+            {
+                "fold": fold,
+                "labels": fold_labels[fold],
+                "model_score": probability,
+                "model_prediction": prediction,
+                "reference_score": diameter,
+                "reference_prediction": (diameter > float(record["threshold_mm"])).astype(np.int64),
+            }
+        )
+    return paired_bootstrap(folds)
+
+
 def reference_results(
     run_dir: str | os.PathLike,
     per_fold: Sequence[dict[str, Any]],
     fold_nodules: Mapping[int, Sequence[str]],
     fold_labels: Mapping[int, Sequence[int]],
+    fold_scores: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """The reference models on the ensemble's test nodules, and the ensemble's per-fold lead over the diameter rule.
 
@@ -237,12 +269,16 @@ def reference_results(
         per_fold: the ensemble's rows of ``per_fold.csv`` (``fold``, ``accuracy``, ``auc``...).
         fold_nodules: ``{fold: nodule ids}`` the ensemble was tested on.
         fold_labels: ``{fold: labels}`` in the same order.
+        fold_scores: ``{fold: (mean probability, majority-vote prediction)}`` of the ensemble, ``(n_nodules,)``
+            each in the same order; when given, the lead over the diameter rule also gets a paired bootstrap
+            interval (:func:`naslung.pipeline.ensemble.paired_bootstrap.paired_bootstrap`).
 
     Returns:
         ``{"diameter_rule": record, "ratings_ceiling": record, "ensemble_minus_diameter_rule": {"per_fold",
-        "summary"}}`` (records of :func:`naslung.pipeline.ensemble.reference_models.evaluate_reference_models`); a model
-        that cannot be scored (no manifest, another manifest than the networks', no ratings) has ``omitted`` with
-        the reason instead, which is logged.
+        "summary"[, "bootstrap"]}}`` (records of
+        :func:`naslung.pipeline.ensemble.reference_models.evaluate_reference_models`); a model that cannot be scored
+        (no manifest, another manifest than the networks', no ratings) has ``omitted`` with the reason instead, which
+        is logged.
     """
     try:
         data = load_reference_data(RunLayout(Path(run_dir)).data_dir)
@@ -267,6 +303,10 @@ def reference_results(
             row["accuracy_minus_diameter_rule"] = difference["accuracy"]
             row["auc_minus_diameter_rule"] = difference["auc"]
         references[VERSUS_DIAMETER_RULE] = {"per_fold": rows, "summary": summary}
+        if fold_scores is not None:
+            references[VERSUS_DIAMETER_RULE]["bootstrap"] = _bootstrap_against_rule(
+                data, references[DIAMETER_RULE]["per_fold"], fold_nodules, fold_labels, fold_scores
+            )
         logger.info(
             "ensemble - diameter rule: accuracy %+.4f ± %.4f, AUC %+.4f ± %.4f (ahead on AUC in %d of %d folds)",
             summary["accuracy_mean"],
@@ -337,6 +377,7 @@ def run_ensemble_step(
     all_ids, all_labels, all_folds, all_probs = [], [], [], []
     fold_nodules: dict[int, list[str]] = {}
     fold_labels: dict[int, list[int]] = {}
+    fold_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for fold in progress(folds, total=len(folds), desc="ensemble folds"):
         ids, labels, matrix = fold_probabilities(found, fold)
         write_ensemble_table(layout.ensemble_predictions(fold), ids, labels, matrix, names, threshold)
@@ -346,11 +387,13 @@ def run_ensemble_step(
         all_ids += ids
         fold_nodules[fold] = ids
         fold_labels[fold] = labels.tolist()
+        vote = majority_vote(matrix, threshold)
+        fold_scores[fold] = (vote["mean_probability"], vote["prediction"])
         all_labels.append(labels)
         all_folds.append(np.full(len(ids), fold))
         all_probs.append(matrix)
     summary = summarise_folds(per_fold, keys=BINARY_METRICS)
-    references = reference_results(run, per_fold, fold_nodules, fold_labels)
+    references = reference_results(run, per_fold, fold_nodules, fold_labels, fold_scores)
     write_csv(out / "per_fold.csv", per_fold, PER_FOLD_FIELDS)
 
     labels_all, folds_all = np.concatenate(all_labels), np.concatenate(all_folds)

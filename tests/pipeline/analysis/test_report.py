@@ -62,6 +62,12 @@ def test_report_shows_reference_models_per_fold(tmp_path):
             "ensemble_minus_diameter_rule": {
                 "per_fold": [_fold(0, 0.0, 0.03), _fold(1, 0.06, -0.02)],
                 "summary": {"accuracy_folds_ahead": 1, "auc_folds_ahead": 1, "n_folds": 2},
+                "bootstrap": {
+                    "resamples": 2000,
+                    "level": 0.95,
+                    "accuracy": {"observed": 0.03, "low": 0.01, "high": 0.05, "ahead_fraction": 0.99},
+                    "auc": {"observed": 0.005, "low": -0.02, "high": 0.03, "ahead_fraction": 0.64},
+                },
             },
         },
     }
@@ -75,6 +81,8 @@ def test_report_shows_reference_models_per_fold(tmp_path):
     assert "| *ensemble − diameter rule* (AUC) | +0.030 | -0.020 | +0.005 ± 0.035 |" in section
     assert "on AUC in **1 of 2** folds" in section and "1: 11.25" in section
     assert "reader ratings, not an image model" in section
+    assert "accuracy +3.0 points (95% interval +1.0 to +5.0, ahead in 99% of resamples)" in section
+    assert "AUC +0.005 (95% interval -0.020 to +0.030, ahead in 64% of resamples; a lead these nodules" in section
     assert "ratings ceiling omitted: the packaged default cohort lacks 3 nodule(s)" in section
     assert "| ratings ceiling" not in section  # an omitted model has no row
 

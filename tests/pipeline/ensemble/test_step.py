@@ -213,6 +213,12 @@ def test_reference_models_beside_the_ensemble(tmp_path, synthetic_scan):
     assert versus["auc_mean"] == pytest.approx(np.mean(differences))
     assert versus["auc_std"] == pytest.approx(np.std(differences, ddof=1))
     assert versus["auc_folds_ahead"] == sum(d > 0 for d in differences)
+    bootstrap = saved["ensemble_minus_diameter_rule"]["bootstrap"]
+    accuracy_differences = [float(per_fold[f]["accuracy_minus_diameter_rule"]) for f in (1, 2)]
+    assert bootstrap["auc"]["observed"] == pytest.approx(np.mean(differences))  # the same lead as the table's
+    assert bootstrap["accuracy"]["observed"] == pytest.approx(np.mean(accuracy_differences))
+    for metric in ("accuracy", "auc"):
+        assert bootstrap[metric]["low"] <= bootstrap[metric]["high"]
     assert result["reference_models"]["ratings_ceiling"]["ratings_source"].endswith("cohort.csv")
     methods = [r["method"] for r in _read(run / "ensemble" / "results_table.csv") if r["source"] == "ours"]
     assert methods[-2:] == [
