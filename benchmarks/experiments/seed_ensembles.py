@@ -2,14 +2,16 @@
 
 Run: ``python benchmarks/experiments/seed_ensembles.py --data DIR GROUP=GLOB [GROUP=GLOB ...] [--out FILE]``, each
 ``GLOB`` naming ``benchmarks/results/recipe/`` files of :mod:`recipe` runs that differ only in their seed and share
-their validation folds (e.g. ``s10_lam025=s10_lam025_s*.json``); ``DIR`` is the prepared data set they trained on.
+their validation folds (e.g. ``s10_lam025=s10_lam025_s*.json``), or in their network (same seed; several globs joined
+by ``+``); ``DIR`` is the prepared data set they trained on.
 
 For each group, on its validation folds (never a test fold of the quick or standard profile when the runs used folds
 5-9): the mean AUC and accuracy of one network, and of the mean probability of every ``k`` of them (all subsets,
-``k`` = 2, 3, 4 and all); beside them, fitted on the same training folds, the diameter rule and a logistic regression
-on the cube features of :mod:`signal_probe` (the cube's own information as hand-made features see it; no annotation
-goes in). Also, per run, whether training collapsed onto one class: at some epoch from the third on, at most 10% of
-the validation nodules called malignant while about 45% are.
+``k`` = 2, 3, 4, 5 and all; also the least and greatest AUC, the majority vote's accuracy and the share of subsets
+above the diameter rule's AUC); beside them, fitted on the same training folds, the diameter rule and a logistic
+regression on the cube features of :mod:`signal_probe` (the cube's own information as hand-made features see it; no
+annotation goes in). Also, per run, whether training collapsed onto one class: at some epoch from the third on, at most
+10% of the validation nodules called malignant while about 45% are.
 
 Written to ``--out`` (default ``benchmarks/results/recipe/seed_ensembles.json``) and printed.
 """
@@ -42,14 +44,30 @@ RESULTS_FILE = RECIPE_DIR / "seed_ensembles.json"
 COLLAPSE_POSITIVE_RATE = 0.10
 
 
-def _subset_means(probabilities: list[np.ndarray], labels: np.ndarray, k: int) -> dict[str, float]:
-    """Mean AUC and accuracy (threshold 0.5) over every k-subset's mean probability."""
-    aucs, accs = [], []
+def _subset_means(
+    probabilities: list[np.ndarray], labels: np.ndarray, k: int, rule_auc: float | None = None
+) -> dict[str, float]:
+    """Over every k-subset: mean, least and greatest AUC of its mean probability, mean accuracy of that mean at 0.5
+    and of the members' majority vote (each member's probability > 0.5; a tie is benign, as the pipeline's vote),
+    and, given the diameter rule's AUC on the same nodules, the share of subsets whose AUC is above it."""
+    aucs, accs, votes = [], [], []
     for subset in itertools.combinations(range(len(probabilities)), k):
-        mean = np.mean([probabilities[i] for i in subset], axis=0)
+        members = np.stack([probabilities[i] for i in subset])
+        mean = members.mean(axis=0)
         aucs.append(roc_auc_score(labels, mean))
         accs.append(float(((mean > 0.5) == labels).mean()))
-    return {"auc": float(np.mean(aucs)), "accuracy": float(np.mean(accs)), "subsets": len(aucs)}
+        votes.append(float((((members > 0.5).sum(axis=0) > k // 2) == labels).mean()))
+    result = {
+        "auc": float(np.mean(aucs)),
+        "auc_min": float(np.min(aucs)),
+        "auc_max": float(np.max(aucs)),
+        "accuracy": float(np.mean(accs)),
+        "vote_accuracy": float(np.mean(votes)),
+        "subsets": len(aucs),
+    }
+    if rule_auc is not None:
+        result["share_above_diameter_rule"] = float(np.mean(np.asarray(aucs) > rule_auc))
+    return result
 
 
 def reference_models(features: np.ndarray, diameter: np.ndarray, labels: np.ndarray, train: np.ndarray) -> dict:
@@ -86,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for group in args.groups:
         name, _, pattern = group.partition("=")
-        files = sorted(glob.glob(str(RECIPE_DIR / pattern)))
+        files = sorted({f for part in pattern.split("+") for f in glob.glob(str(RECIPE_DIR / part))})
         if not files:
             raise SystemExit(f"{group}: no file matches {RECIPE_DIR / pattern}")
         runs = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         probabilities = [np.asarray(r["val_probabilities"], dtype=float) for r in runs]
         if any(len(p) != len(y) for p in probabilities):
             raise SystemExit(f"{group}: a run's validation probabilities do not match {args.data}'s folds")
+        references = reference_models(features, diameter, labels, ~validation)
         entry = {
             "files": [Path(f).name for f in files],
             "val_folds": runs[0]["args"]["val_folds"],
@@ -107,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 for f, r in zip(files, runs, strict=True)
                 if min(h["val_pos_rate"] for h in r["history"][2:]) <= COLLAPSE_POSITIVE_RATE
             ],
-            "ensembles": {
-                str(k): _subset_means(probabilities, y, k) for k in sorted({1, 2, 3, 4, len(runs)}) if k <= len(runs)
-            },
-            **reference_models(features, diameter, labels, ~validation),
+            **references,
+        }
+        entry["ensembles"] = {
+            str(k): _subset_means(probabilities, y, k, references["diameter_rule"]["auc"])
+            for k in sorted({1, 2, 3, 4, 5, len(runs)})
+            if k <= len(runs)
         }
         results[name] = entry
         line = ", ".join(f"{k}: {v['auc']:.3f}" for k, v in entry["ensembles"].items())
