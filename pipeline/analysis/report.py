@@ -282,14 +282,15 @@ def _bootstrap_line(bootstrap: dict[str, Any]) -> str:
         if not stats:
             continue
         low, high = float(stats["low"]) * scale, float(stats["high"]) * scale
-        verdict = "; a lead these nodules cannot tell from none" if low <= 0.0 <= high else ""
+        verdict = "; these nodules cannot tell it from no difference" if low <= 0.0 <= high else ""
         parts.append(
             f"{name} {float(stats['observed']) * scale:+.{digits}f}{unit} ({level}% interval {low:+.{digits}f} to "
             f"{high:+.{digits}f}, ahead in {100 * float(stats['ahead_fraction']):.0f}% of resamples{verdict})"
         )
     return (
-        f"- how sure the lead is (paired bootstrap of the test nodules, {bootstrap.get('resamples')} resamples within "
-        "each fold, stratified by label; ensemble − diameter rule, mean over folds): " + "; ".join(parts)
+        f"- how sure the lead is (paired bootstrap of the test nodules, {int(bootstrap.get('resamples', 0)):,} "
+        "resamples within each fold, stratified by label; ensemble − diameter rule, mean over folds): "
+        + "; ".join(parts)
     )
 
 

@@ -82,7 +82,8 @@ def test_report_shows_reference_models_per_fold(tmp_path):
     assert "on AUC in **1 of 2** folds" in section and "1: 11.25" in section
     assert "reader ratings, not an image model" in section
     assert "accuracy +3.0 points (95% interval +1.0 to +5.0, ahead in 99% of resamples)" in section
-    assert "AUC +0.005 (95% interval -0.020 to +0.030, ahead in 64% of resamples; a lead these nodules" in section
+    assert "AUC +0.005 (95% interval -0.020 to +0.030, ahead in 64% of resamples; these nodules cannot" in section
+    assert "2,000 resamples within each fold" in section
     assert "ratings ceiling omitted: the packaged default cohort lacks 3 nodule(s)" in section
     assert "| ratings ceiling" not in section  # an omitted model has no row
 
