@@ -483,7 +483,8 @@ def run_ensemble_step(
 
 def ensemble_headline(result: Mapping[str, Any]) -> str:
     """One line on :func:`run_ensemble_step`'s result: the ensemble's test F1, accuracy and AUC beside the diameter
-    rule's and the ratings ceiling's, and the folds where the ensemble is ahead of the diameter rule on AUC."""
+    rule's and the ratings ceiling's, and the folds where the ensemble is ahead of the diameter rule on AUC, with the
+    paired bootstrap's interval of that lead when the result has one."""
     summary = result.get("summary", {})
     references = result.get("reference_models", {})
 
@@ -502,4 +503,8 @@ def ensemble_headline(result: Mapping[str, Any]) -> str:
     versus = references.get(VERSUS_DIAMETER_RULE, {}).get("summary")
     if versus:
         line += f"; ahead of the diameter rule on AUC in {versus['auc_folds_ahead']} of {versus['n_folds']} folds"
+    bootstrap = references.get(VERSUS_DIAMETER_RULE, {}).get("bootstrap", {})
+    if "auc" in bootstrap:
+        auc, level = bootstrap["auc"], round(100 * float(bootstrap.get("level", 0.95)))
+        line += f" (AUC lead {auc['observed']:+.3f}, {level}% interval {auc['low']:+.3f} to {auc['high']:+.3f})"
     return line

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from naslung.pipeline.atomic_io import write_csv, write_json
-from naslung.pipeline.ensemble.step import find_members, run_ensemble_step
+from naslung.pipeline.ensemble.step import ensemble_headline, find_members, run_ensemble_step
 from naslung.pipeline.errors import DataError
 from naslung.pipeline.metrics import binary_metrics
 
@@ -219,6 +219,10 @@ def test_reference_models_beside_the_ensemble(tmp_path, synthetic_scan):
     assert bootstrap["accuracy"]["observed"] == pytest.approx(np.mean(accuracy_differences))
     for metric in ("accuracy", "auc"):
         assert bootstrap[metric]["low"] <= bootstrap[metric]["high"]
+    auc = bootstrap["auc"]
+    assert ensemble_headline(result).endswith(
+        f"of 2 folds (AUC lead {auc['observed']:+.3f}, 95% interval {auc['low']:+.3f} to {auc['high']:+.3f})"
+    )
     assert result["reference_models"]["ratings_ceiling"]["ratings_source"].endswith("cohort.csv")
     methods = [r["method"] for r in _read(run / "ensemble" / "results_table.csv") if r["source"] == "ours"]
     assert methods[-2:] == [
