@@ -51,7 +51,8 @@ p.add_argument("--sched", default="none")  # none|cosine|onecycle
 p.add_argument("--opt", default="adam")
 p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--rot", type=int, default=0)
-p.add_argument("--balance", type=int, default=0)
+p.add_argument("--balance", type=int, default=0)  # 1: class-balanced draws with replacement (the pipeline's sampler);
+# 2: class-balanced without replacement: half of each epoch from each class, each class dealt from its own shuffled deck
 p.add_argument("--lam_frac", type=float, default=0.0)  # 0: default schedule; else reach floor at this fraction of iters
 p.add_argument("--lam_min", type=float, default=5.0)  # A-Softmax lambda floor (SphereFace: 5); lower: more margin
 p.add_argument("--bf16", type=int, default=0)
@@ -356,11 +357,27 @@ def evaluate(model=None, prefix="val", flips=((),), index=None):
     }
 
 
+decks: dict[int, list[int]] = {0: [], 1: []}
+
+
+def deal(label: int, n: int) -> list[int]:
+    """``n`` training rows of class ``label``, dealt from a shuffled deck of that class, reshuffled when empty."""
+    out: list[int] = []
+    while len(out) < n:
+        if not decks[label]:
+            decks[label] = [int(i) for i in rng.permutation(tr[labels[tr] == label])]
+        out.append(decks[label].pop())
+    return out
+
+
 hist = []
 t0 = time.time()
 for ep in range(a.epochs):
     if sample_weights is not None:
         order = rng.choice(tr, len(tr), p=sample_weights)
+    elif a.balance == 2:
+        order = np.array(deal(1, len(tr) // 2) + deal(0, len(tr) - len(tr) // 2))
+        rng.shuffle(order)
     elif a.balance:
         w = np.where(labels[tr] == 1, 1 / labels[tr].mean(), 1 / (1 - labels[tr].mean()))
         w /= w.sum()
