@@ -216,8 +216,7 @@ def _stamp(path: Path) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def _fold_row(fold: int, labels: np.ndarray, matrix: np.ndarray, threshold: float) -> dict[str, Any]:
-    vote = majority_vote(matrix, threshold)
+def _fold_row(fold: int, labels: np.ndarray, vote: Mapping[str, np.ndarray], threshold: float) -> dict[str, Any]:
     metrics = binary_metrics(labels, vote["mean_probability"], threshold, y_pred=vote["prediction"])
     row: dict[str, Any] = {"fold": fold}
     row.update({key: metrics[key] for key in PER_FOLD_FIELDS if key in metrics})
@@ -381,13 +380,13 @@ def run_ensemble_step(
     for fold in progress(folds, total=len(folds), desc="ensemble folds"):
         ids, labels, matrix = fold_probabilities(found, fold)
         write_ensemble_table(layout.ensemble_predictions(fold), ids, labels, matrix, names, threshold)
-        per_fold.append(_fold_row(fold, labels, matrix, threshold))
+        vote = majority_vote(matrix, threshold)
+        per_fold.append(_fold_row(fold, labels, vote, threshold))
         for member, probs in zip(found, matrix, strict=True):
             member_folds[member.slug].append({"fold": fold, **binary_metrics(labels, probs, threshold)})
         all_ids += ids
         fold_nodules[fold] = ids
         fold_labels[fold] = labels.tolist()
-        vote = majority_vote(matrix, threshold)
         fold_scores[fold] = (vote["mean_probability"], vote["prediction"])
         all_labels.append(labels)
         all_folds.append(np.full(len(ids), fold))
