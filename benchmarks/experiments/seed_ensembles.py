@@ -37,6 +37,7 @@ from signal_probe import cube_features  # noqa: E402
 from naslung.pipeline.atomic_io import write_json  # noqa: E402
 from naslung.pipeline.data.datalists import read_manifest  # noqa: E402
 from naslung.pipeline.ensemble.reference_models import fit_diameter_threshold  # noqa: E402
+from naslung.pipeline.ensemble.voting import majority_vote  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
 RESULTS_FILE = RECIPE_DIR / "seed_ensembles.json"
@@ -44,30 +45,26 @@ RESULTS_FILE = RECIPE_DIR / "seed_ensembles.json"
 COLLAPSE_POSITIVE_RATE = 0.10
 
 
-def _subset_means(
-    probabilities: list[np.ndarray], labels: np.ndarray, k: int, rule_auc: float | None = None
-) -> dict[str, float]:
+def _subset_means(probabilities: list[np.ndarray], labels: np.ndarray, k: int, rule_auc: float) -> dict[str, float]:
     """Over every k-subset: mean, least and greatest AUC of its mean probability, mean accuracy of that mean at 0.5
-    and of the members' majority vote (each member's probability > 0.5; a tie is benign, as the pipeline's vote),
-    and, given the diameter rule's AUC on the same nodules, the share of subsets whose AUC is above it."""
+    and of the members' majority vote (the pipeline's :func:`majority_vote` at 0.5: a tie is benign), and the share
+    of subsets whose AUC is above ``rule_auc``, the diameter rule's on the same nodules."""
     aucs, accs, votes = [], [], []
     for subset in itertools.combinations(range(len(probabilities)), k):
         members = np.stack([probabilities[i] for i in subset])
         mean = members.mean(axis=0)
         aucs.append(roc_auc_score(labels, mean))
         accs.append(float(((mean > 0.5) == labels).mean()))
-        votes.append(float((((members > 0.5).sum(axis=0) > k // 2) == labels).mean()))
-    result = {
+        votes.append(float((majority_vote(members, 0.5)["prediction"] == labels).mean()))
+    return {
         "auc": float(np.mean(aucs)),
         "auc_min": float(np.min(aucs)),
         "auc_max": float(np.max(aucs)),
         "accuracy": float(np.mean(accs)),
         "vote_accuracy": float(np.mean(votes)),
         "subsets": len(aucs),
+        "share_above_diameter_rule": float(np.mean(np.asarray(aucs) > rule_auc)),
     }
-    if rule_auc is not None:
-        result["share_above_diameter_rule"] = float(np.mean(np.asarray(aucs) > rule_auc))
-    return result
 
 
 def reference_models(features: np.ndarray, diameter: np.ndarray, labels: np.ndarray, train: np.ndarray) -> dict:

@@ -22,7 +22,6 @@ again are kept) and printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.data.datalists import read_manifest
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "results" / "recipe"
 RESULTS_FILE = RECIPE_DIR / "shared_holdout.json"
@@ -111,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow", default="", help="comma-separated arguments allowed to differ, e.g. epochs")
     parser.add_argument("--out", type=Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
-    with open(args.data / "manifest.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    labels = np.array([int(r["label"]) for r in rows])
-    folds = np.array([int(r["fold"]) for r in rows])
+    rows = read_manifest(args.data / "manifest.csv")  # a missing or malformed manifest is a DataError naming it
+    labels = np.array([r["label"] for r in rows])
+    folds = np.array([r["fold"] for r in rows])
     allow = {a for a in args.allow.split(",") if a}
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     for comparison in args.comparisons:

@@ -10,16 +10,26 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from naslung.pipeline.errors import DataError
+
 LABELS = {8: [1, 0, 1, 0, 0, 1], 9: [0, 1, 1, 0, 1, 0]}
 
 
 def _manifest(folder) -> None:
+    """A manifest in ``naslung prepare``'s columns, with an (empty) cube file for each row."""
+    rows = [{"nodule_id": f"n{i}", "label": 1, "fold": 0} for i in range(3)]
+    rows += [
+        {"nodule_id": f"f{f}n{i}", "label": y, "fold": f} for f, labels in LABELS.items() for i, y in enumerate(labels)
+    ]
+    (folder / "cubes").mkdir()
     with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["nodule_id", "label", "fold"])
+        writer = csv.DictWriter(handle, ["nodule_id", "patient_id", "series_uid", "image", "label", "fold"])
         writer.writeheader()
-        writer.writerows({"nodule_id": f"n{i}", "label": 1, "fold": 0} for i in range(3))
-        for fold, labels in LABELS.items():
-            writer.writerows({"nodule_id": f"f{fold}n{i}", "label": y, "fold": fold} for i, y in enumerate(labels))
+        for row in rows:
+            (folder / "cubes" / f"{row['nodule_id']}.npy").touch()
+            writer.writerow(
+                {**row, "patient_id": row["nodule_id"], "series_uid": "1.2", "image": f"cubes/{row['nodule_id']}.npy"}
+            )
 
 
 def _run(folder, name: str, seed: int, folds: str, probabilities, **args) -> None:
@@ -66,5 +76,7 @@ def test_a_pair_differing_in_more_than_allowed_stops(shared, tmp_path):
     _run(tmp_path, "sep_v9_s0", 0, "9", np.linspace(0, 1, 6))
     with pytest.raises(SystemExit, match="argument 'epochs' differs"):
         shared.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "x=sh_s*.json,sep_*.json"])
+    with pytest.raises(DataError, match="manifest not found"):
+        shared.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o.json"), "x=sh_s*.json,sep_*.json"])
     with pytest.raises(SystemExit, match="no file matches"):
         shared.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "x=none*.json,sep_*.json"])
