@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # searches in tests keep their latency table out of the user's ~/.cache (naslung.pipeline.search.latency_table)
-os.environ["NASLUNG_LATENCY_TABLE"] = tempfile.mkdtemp(prefix="naslung-test-latency-")
+# (removed when the test session ends, so repeated runs leave no folders behind in the temp directory)
+_LATENCY_TABLE_DIR = tempfile.mkdtemp(prefix="naslung-test-latency-")
+os.environ["NASLUNG_LATENCY_TABLE"] = _LATENCY_TABLE_DIR
+atexit.register(shutil.rmtree, _LATENCY_TABLE_DIR, ignore_errors=True)
 
 import torch  # noqa: E402
 
