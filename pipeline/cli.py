@@ -57,6 +57,9 @@ SILENCED_AT_SOURCE: tuple[tuple[str, str], ...] = (
     # ray.init of the local instance naslung starts (search, retraining): Ray 2.5x enables token authentication
     # for a local cluster and says so on every start, with advice that does not apply to a one-machine run
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster"),
+    # ray.init's own INFO line at each local start; naslung's executor logs the same start, with its resources, to
+    # RUN/logs/ (naslung.pipeline.search.executors)
+    ("ray._private.worker", "Started a local Ray instance"),
 )
 
 

@@ -37,18 +37,28 @@ def test_other_records_pass(name, message):
     assert ThirdPartyNoiseFilter().filter(_record(name, message))
 
 
-def test_ray_token_notice_is_silenced_where_it_is_logged():
+@pytest.mark.parametrize(
+    "name, notice",
+    [
+        [
+            "ray._private.authentication.authentication_token_setup",
+            "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
+        ],
+        ["ray._private.worker", "Started a local Ray instance."],
+    ],
+)
+def test_ray_start_notices_are_silenced_where_they_are_logged(name, notice):
     """Ray logs through its own handlers, which the root handlers' filter never sees; quiet_console filters the
-    logger itself (silence_at_source, which quiet_console calls), so the notice Ray prints at each local start is
-    gone while its other warnings pass."""
+    logger itself (silence_at_source, which quiet_console calls), so the notices Ray prints at each local start are
+    gone while its other messages pass."""
     silence_at_source()
-    source = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    source = logging.getLogger(name)
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     source.addHandler(handler)
     try:
-        source.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        source.warning(notice)
         source.warning("a real problem")
     finally:
         source.removeHandler(handler)
