@@ -1,7 +1,10 @@
 """Paired differences between two recipe arms: each arm run against the base run of the same seed and validation folds.
 
-Run: ``python benchmarks/experiments/paired.py NAME=BASE_GLOB,ARM_GLOB [NAME=...] [--out FILE]``, each glob naming
-:mod:`recipe` result files in ``benchmarks/results/recipe/`` (e.g. ``e13=s12_*lmin10_s*.json,s13_*e13_s*.json``).
+Run: ``python benchmarks/experiments/paired.py NAME=BASE_GLOB,ARM_GLOB [NAME=...] [--arm_auc KEY] [--out FILE]``,
+each glob naming :mod:`recipe` result files in ``benchmarks/results/recipe/`` (e.g.
+``e13=s12_*lmin10_s*.json,s13_*e13_s*.json``). ``--arm_auc KEY`` reads the arm's AUC from its result's top-level
+``KEY`` instead of its last epoch's ``val_auc``: a second score of the same network (``recipe.py --angle 1`` writes
+``angle_val_auc``), so both globs may name the same runs.
 
 Runs pair when their ``args`` share ``seed`` and ``val_folds``; every other argument that differs within a pair is
 listed (``differs``), so a comparison that changes more than it says shows it; an argument added to :mod:`recipe` after
@@ -61,13 +64,17 @@ def _runs(patterns: str | Sequence[str]) -> dict[tuple[int, str], dict]:
     return runs
 
 
-def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str]) -> dict:
+def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str], arm_auc_key: str | None = None) -> dict:
     """Every pair of ``arm_glob`` and ``base_glob`` runs (each one glob or several) with the same seed and validation
-    folds, and the means."""
+    folds, and the means. ``arm_auc_key``: the arm's AUC is its result's top-level value of this key (default: the
+    last epoch's ``val_auc``)."""
     base, arm = _runs(base_glob), _runs(arm_glob)
     pairs = []
     for key in sorted(set(base) & set(arm), key=lambda k: (k[1], k[0])):
         b, a = base[key], arm[key]
+        if arm_auc_key is not None and arm_auc_key not in a:
+            raise SystemExit(f"{a['args']['name']}.json: no {arm_auc_key!r} (the --arm_auc key)")
+        arm_auc = a["final"]["val_auc"] if arm_auc_key is None else float(a[arm_auc_key])
         names = (set(b["args"]) | set(a["args"])) - _IDENTITY
         differs = sorted(k for k in names if _differs(b["args"].get(k, _MISSING), a["args"].get(k, _MISSING)))
         pairs.append(
@@ -78,8 +85,8 @@ def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str]) -> di
                 "arm": a["args"]["name"],
                 "differs": {k: [b["args"].get(k), a["args"].get(k)] for k in differs},
                 "base_auc": b["final"]["val_auc"],
-                "arm_auc": a["final"]["val_auc"],
-                "d_auc": a["final"]["val_auc"] - b["final"]["val_auc"],
+                "arm_auc": arm_auc,
+                "d_auc": arm_auc - b["final"]["val_auc"],
                 "base_accuracy": b["final"]["val_acc"],
                 "arm_accuracy": a["final"]["val_acc"],
                 "d_accuracy": a["final"]["val_acc"] - b["final"]["val_acc"],
@@ -92,6 +99,7 @@ def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str]) -> di
     return {
         "base_glob": base_glob,
         "arm_glob": arm_glob,
+        **({"arm_auc_key": arm_auc_key} if arm_auc_key is not None else {}),
         "n_pairs": len(pairs),
         "mean_d_auc": float(d_auc.mean()),
         "auc_ahead": int((d_auc > 0).sum()),
@@ -104,6 +112,7 @@ def compare(base_glob: str | Sequence[str], arm_glob: str | Sequence[str]) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comparisons", nargs="+", help="NAME=BASE_GLOB,ARM_GLOB")
+    parser.add_argument("--arm_auc", default=None, help="the arm's AUC key in its result (default: final val_auc)")
     parser.add_argument("--out", type=Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         base_glob, _, arm_glob = globs.partition(",")
         if not (name and base_glob and arm_glob):
             raise SystemExit(f"{item!r}: expected NAME=BASE_GLOB,ARM_GLOB")
-        results[name] = result = compare(base_glob, arm_glob)
+        results[name] = result = compare(base_glob, arm_glob, args.arm_auc)
         for p in result["pairs"]:
             print(
                 f"{name} folds {p['val_folds']} seed {p['seed']}: AUC {p['base_auc']:.4f} -> {p['arm_auc']:.4f} "

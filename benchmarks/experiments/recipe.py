@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.networks.blocks.residual import ResidualBlock
-from naslung.networks.heads import classification_head
+from naslung.networks.heads import AngularLinear, classification_head
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, fit_ratings_ceiling, mean_ratings
@@ -108,6 +108,8 @@ p.add_argument("--zero_res", type=int, default=0)  # 1: start each residual bloc
 # "": global average (the network's own); avgmax: the head reads stage 5's global average and global maximum side by
 # side (2 C^5_N features), e.g. to see a small bright calcification as well as the volume
 p.add_argument("--pool", default="", choices=("", "avgmax"))
+p.add_argument("--angle", type=int, default=0)  # 1: also score the last epoch's network by A-Softmax's angle alone,
+# cos(theta_mal) - cos(theta_ben), leaving out the feature norm ||x|| that the probability multiplies it by
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -465,6 +467,40 @@ if a.bn_recal:
     print(json.dumps(recalibrated), flush=True)
 
 
+def angle_scores(model) -> tuple[np.ndarray, np.ndarray]:
+    """The validation nodules' ``cos(theta_mal) - cos(theta_ben)`` and feature norms ``||x||`` (each ``(n_val,)``),
+    read at the input of the network's :class:`AngularLinear` head."""
+    head = next(m for m in model.modules() if isinstance(m, AngularLinear))
+    features: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0].detach().float()))
+    model.eval()
+    logits = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(va), 64):
+                logits.append(model(X[va[s : s + 64]].contiguous(memory_format=torch.channels_last_3d)).float())
+    finally:
+        hook.remove()
+        model.train()
+    norms = torch.linalg.vector_norm(torch.cat(features), dim=1)
+    cosines = torch.cat(logits) / norms.clamp_min(1e-12)[:, None]
+    return (cosines[:, 1] - cosines[:, 0]).numpy(), norms.numpy()
+
+
+angular = {}
+if a.angle:
+    if a.loss != "asoftmax":
+        raise SystemExit("--angle 1 needs --loss asoftmax (the angle is A-Softmax's)")
+    delta_cos, feature_norms = angle_scores(net)
+    # the same network's last-epoch probability ranks by feature_norm * delta_cos; this ranks by delta_cos alone
+    angular = {
+        "angle_val_auc": float(roc_auc_score(labels[va], delta_cos)),
+        "val_angle_scores": [round(float(v), 6) for v in delta_cos],
+        "val_feature_norms": [round(float(v), 6) for v in feature_norms],
+    }
+    print(json.dumps({"angle_val_auc": angular["angle_val_auc"]}), flush=True)
+
+
 def validation_cohort_rows() -> list[dict] | None:
     """The readers' rows (``DIR/cohort.csv``) of the validation nodules, in ``va`` order; None without the file."""
     if not (Path(a.data) / "cohort.csv").exists():
@@ -483,14 +519,16 @@ def last_epoch_calcification_weight() -> float | None:
     return calcification_weight(snapshots[-1], np.log(diam[va]), calc)
 
 
-def ground_glass_auc() -> float | None:
+def ground_glass_auc(scores: np.ndarray | None = None) -> float | None:
     """Last epoch's validation AUC of the malignant ground-glass nodules (:func:`cues.ground_glass`) against every
-    benign nodule: how well the network finds the faint malignant nodules that a size cue ranks low."""
+    benign nodule: how well the network finds the faint malignant nodules that a size cue ranks low. ``scores``:
+    the validation nodules' scores (default: the last epoch's probabilities)."""
     readers = validation_cohort_rows()
     if readers is None:
         return None
+    scores = snapshots[-1] if scores is None else scores
     keep = (labels[va] == 0) | np.array([ground_glass(r) for r in readers])
-    return float(roc_auc_score(labels[va][keep], snapshots[-1][keep]))
+    return float(roc_auc_score(labels[va][keep], scores[keep]))
 
 
 best = max(hist, key=lambda h: h["val_auc"])
@@ -505,6 +543,8 @@ res = {
     **recalibrated,
     "calcification_weight": last_epoch_calcification_weight(),
     "ground_glass_auc": ground_glass_auc(),
+    **angular,
+    **({"angle_ground_glass_auc": ground_glass_auc(np.array(angular["val_angle_scores"]))} if angular else {}),
     "val_probabilities": [round(float(v), 6) for v in snapshots[-1]],
     # every epoch's validation probabilities, so averages over any window of epochs can be scored afterwards
     "val_probabilities_by_epoch": [[round(float(v), 6) for v in epoch] for epoch in snapshots],

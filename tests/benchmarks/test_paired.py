@@ -64,3 +64,21 @@ def test_errors_name_the_problem(paired, tmp_path):
         paired.compare("c_s*.json", "a_s*.json")
     with pytest.raises(SystemExit, match="expected NAME=BASE_GLOB,ARM_GLOB"):
         paired.main(["noise=b_s*.json"])
+
+
+def test_arm_auc_key_scores_the_same_runs_a_second_way(paired, tmp_path):
+    """``--arm_auc angle_val_auc``: each run pairs with itself, its probability's AUC against its angle's."""
+    for seed, (auc, angle) in enumerate([(0.90, 0.87), (0.88, 0.89), (0.91, 0.86)]):
+        _run(tmp_path, f"r_s{seed}", seed, "8,9", auc, 0.8)
+        result = json.loads((tmp_path / f"r_s{seed}.json").read_text(encoding="utf-8"))
+        (tmp_path / f"r_s{seed}.json").write_text(json.dumps({**result, "angle_val_auc": angle}), encoding="utf-8")
+    result = paired.compare("r_s*.json", "r_s*.json", arm_auc_key="angle_val_auc")
+    assert result["arm_auc_key"] == "angle_val_auc"
+    assert [p["d_auc"] for p in result["pairs"]] == pytest.approx([-0.03, 0.01, -0.05])
+    assert result["mean_d_auc"] == pytest.approx(-0.07 / 3) and result["auc_ahead"] == 1
+    assert result["accuracy_ahead"] == 0 and result["mean_d_accuracy"] == 0  # the same decisions
+    assert all(p["differs"] == {} for p in result["pairs"])
+    assert "arm_auc_key" not in paired.compare("r_s*.json", "r_s*.json")
+    _run(tmp_path, "plain_s0", 0, "8,9", 0.90, 0.8)
+    with pytest.raises(SystemExit, match=r"plain_s0\.json: no 'angle_val_auc'"):
+        paired.compare("r_s0.json", "plain_s0.json", arm_auc_key="angle_val_auc")
