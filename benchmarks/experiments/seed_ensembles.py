@@ -47,13 +47,16 @@ COLLAPSE_POSITIVE_RATE = 0.10
 
 def _subset_means(probabilities: list[np.ndarray], labels: np.ndarray, k: int, rule_auc: float) -> dict[str, float]:
     """Over every k-subset: mean, least and greatest AUC of its mean probability, mean accuracy of that mean at 0.5
-    and of the members' majority vote (the pipeline's :func:`majority_vote` at 0.5: a tie is benign), and the share
-    of subsets whose AUC is above ``rule_auc``, the diameter rule's on the same nodules."""
-    aucs, accs, votes = [], [], []
+    and of the members' majority vote (the pipeline's :func:`majority_vote` at 0.5: a tie is benign), the share
+    of subsets whose AUC is above ``rule_auc``, the diameter rule's on the same nodules, and the mean AUC of the
+    members' mean log-odds (``logit_auc``; probabilities clipped to [1e-6, 1 - 1e-6])."""
+    aucs, accs, votes, logit_aucs = [], [], [], []
     for subset in itertools.combinations(range(len(probabilities)), k):
         members = np.stack([probabilities[i] for i in subset])
         mean = members.mean(axis=0)
         aucs.append(roc_auc_score(labels, mean))
+        clipped = np.clip(members, 1e-6, 1 - 1e-6)
+        logit_aucs.append(roc_auc_score(labels, np.log(clipped / (1 - clipped)).mean(axis=0)))
         accs.append(float(((mean > 0.5) == labels).mean()))
         votes.append(float((majority_vote(members, 0.5)["prediction"] == labels).mean()))
     return {
@@ -64,6 +67,7 @@ def _subset_means(probabilities: list[np.ndarray], labels: np.ndarray, k: int, r
         "vote_accuracy": float(np.mean(votes)),
         "subsets": len(aucs),
         "share_above_diameter_rule": float(np.mean(np.asarray(aucs) > rule_auc)),
+        "logit_auc": float(np.mean(logit_aucs)),
     }
 
 
