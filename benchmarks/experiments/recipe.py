@@ -110,12 +110,19 @@ p.add_argument("--zero_res", type=int, default=0)  # 1: start each residual bloc
 p.add_argument("--pool", default="", choices=("", "avgmax"))
 p.add_argument("--angle", type=int, default=0)  # 1: also score the last epoch's network by A-Softmax's angle alone,
 # cos(theta_mal) - cos(theta_ben), leaving out the feature norm ||x|| that the probability multiplies it by
+p.add_argument("--mixup", type=float, default=0.0)  # >0: mixup (Zhang et al. 2018) with Beta(mixup, mixup): each
+# batch is mixed with a shuffled copy of itself after augmentation, x = w x_i + (1 - w) x_j, trained on the soft target
+# t = w y_i + (1 - w) y_j (A-Softmax's margin on each class's own term, as --teacher); drawn from an RNG of its own so
+# that the batches and their augmentation are the same as without it
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
 rng = np.random.default_rng(a.seed)
 rows = list(csv.DictReader(open(Path(a.data) / "manifest.csv")))
+mix_rng = np.random.default_rng(a.seed + 10_000)
+if a.mixup > 0 and (a.teacher > 0 or a.smooth > 0 or a.rank > 0):
+    p.error("--mixup does not combine with --teacher, --smooth or --rank")
 
 
 @functools.cache
@@ -393,10 +400,18 @@ for ep in range(a.epochs):
             continue
         xb = augment(X[idx])
         yb = Y[idx]
+        if a.mixup > 0:
+            w = float(mix_rng.beta(a.mixup, a.mixup))
+            perm = torch.from_numpy(mix_rng.permutation(len(idx)))
+            xb = (w * xb + (1.0 - w) * xb[perm]).contiguous(memory_format=torch.channels_last_3d)
+            mixed_t = w * yb.float() + (1.0 - w) * yb.float()[perm]
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
-        if Q is not None:
+        if a.mixup > 0:
+            loss = soft_target_loss(out.float(), mixed_t)
+            loss = loss if a.focal > 0 else loss.mean()
+        elif Q is not None:
             tb = Q[idx]
             loss = soft_target_loss(out.float(), tb)
             loss = loss if a.focal > 0 else loss.mean()
