@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from naslung.pipeline.errors import DataError
+
 
 @pytest.fixture
 def member_prefixes(load_benchmark):
@@ -59,7 +61,7 @@ def test_prefixes_follow_the_selection_order_and_score_the_vote(member_prefixes,
 def test_a_run_without_ensemble_metrics_names_the_file(member_prefixes, tmp_path):
     run = tmp_path / "run"
     _write_member(run, "4-4_8_8_8", 8, [1, 0], [0.9, 0.1])
-    with pytest.raises(Exception, match=r"metrics\.json"):
+    with pytest.raises(DataError, match=r"ensemble.metrics\.json"):
         member_prefixes.run_prefixes(run)
 
 
