@@ -6,10 +6,10 @@ Run: ``python benchmarks/experiments/member_prefixes.py NAME=RUN [NAME=RUN ...] 
 choosing a profile from them looks at no test fold.
 
 For each run and held-out fold: the AUC of the mean probability of the first k members in the search's selection
-order (the first Pareto front's members, then the next front's), for every k, the majority vote's accuracy (the
-pipeline's :func:`majority_vote` at 0.5: a tie is benign), and the diameter rule's AUC and accuracy from the run's
-``ensemble/metrics.json``; then, over all folds, how many the full ensemble is below the first ``n - 1`` in, and the
-mean of that difference.
+order (the Pareto fronts in turn, by score within each: so the first k are what ``select_top_n: k`` would keep of
+the same candidates), for every k, the majority vote's accuracy (the pipeline's :func:`majority_vote` at 0.5: a tie
+is benign), and the diameter rule's AUC and accuracy from the run's ``ensemble/metrics.json``; then, over all folds,
+how many the full ensemble is below the first ``n - 1`` in, and the mean of that difference.
 
 Written to ``--out`` (default ``benchmarks/results/recipe/member_prefixes.json``; runs already there and not named
 again are kept) and printed.
