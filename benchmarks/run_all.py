@@ -29,6 +29,7 @@ BENCHMARKS = (
     "search_determinism",
     "signal_probe",
     "gpu_train_step",
+    "bundle_lines",
 )
 #: Benchmarks that need a CUDA GPU; skipped, with a line saying so, where torch sees none.
 NEEDS_CUDA = ("gpu_train_step",)
@@ -41,6 +42,8 @@ HEADLINES = {
     # the probe's title per renderer version, then 10-fold accuracy/AUC of the cube features beside the anchors
     # each variant's milliseconds per training step and its share of the whole step
     "step_breakdown": re.compile(r"of the whole step"),
+    # a bundle's scripts/ lines by part: inference, fine-tuning and both, each split by kind
+    "bundle_lines": re.compile(r"^(inference|fine_tuning|all): lines"),
     "signal_probe": re.compile(
         r"^== |^model |^(cube_features|cube_size_only|diameter_rule|ratings_ceiling|rendered_ratings)"
     ),

@@ -13,6 +13,17 @@ def test_every_benchmark_is_listed(benchmarks_dir, load_benchmark):
 # benchmark, its stdout (lines as the benchmark prints them), the lines run_all must keep
 HEADLINE_CASES = [
     [
+        "bundle_lines",
+        "inference: lines 2698, docstring 751, comment 21, blank 330, code 1596\n"
+        "fine_tuning: lines 1742, docstring 481, comment 11, blank 246, code 1004\n"
+        "all: lines 4440, docstring 1232, comment 32, blank 576, code 2600\n",
+        [
+            "inference: lines 2698, docstring 751, comment 21, blank 330, code 1596",
+            "fine_tuning: lines 1742, docstring 481, comment 11, blank 246, code 1004",
+            "all: lines 4440, docstring 1232, comment 32, blank 576, code 2600",
+        ],
+    ],
+    [
         "step_breakdown",
         "whole step                   210.0 ms/step  100.0% of the whole step\n"
         "without stage 2's CBAM       150.0 ms/step   71.4% of the whole step\n"
