@@ -408,12 +408,9 @@ for ep in range(a.epochs):
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
-        if a.mixup > 0:
-            loss = soft_target_loss(out.float(), mixed_t)
-            loss = loss if a.focal > 0 else loss.mean()
-        elif Q is not None:
-            tb = Q[idx]
-            loss = soft_target_loss(out.float(), tb)
+        soft_targets = mixed_t if a.mixup > 0 else (Q[idx] if Q is not None else None)
+        if soft_targets is not None:
+            loss = soft_target_loss(out.float(), soft_targets)
             loss = loss if a.focal > 0 else loss.mean()
         elif a.smooth > 0:
             o = out.float()
