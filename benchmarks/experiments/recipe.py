@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/experiments/recipe.py --data DIR --name NAME [--spec SPEC] [--loss asoftmax|softmax]
 [--epochs 12] [--sched cosine|none] [--rot 1] [--balance 1] [--lam_frac 0.5] [--bf16 1] [--threads 1]
-[--ema 0.99] [--tta 1] [--remap HU:U] [--pool avgmax]``
+[--ema 0.99] [--tta 1] [--remap HU:U] [--pool avgmax] [--device cuda]``
 on a prepared data set
 (``naslung prepare embedded --out DIR --scans 0``). Folds 8-9 are never a test fold of the quick (0-1) or standard
 (0-4) profiles, so choosing a recipe on them never looks at a test fold. A fast loop, not the pipeline: cubes are held
@@ -114,10 +114,12 @@ p.add_argument("--mixup", type=float, default=0.0)  # >0: mixup (Zhang et al. 20
 # batch is mixed with a shuffled copy of itself after augmentation, x = w x_i + (1 - w) x_j, trained on the soft target
 # t = w y_i + (1 - w) y_j (A-Softmax's margin on each class's own term, as --teacher); drawn from an RNG of its own so
 # that the batches and their augmentation are the same as without it
+p.add_argument("--device", default="cpu")  # "cuda": train and score on the GPU (cubes augmented on the CPU)
 p.add_argument("--name", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
+dev = torch.device(a.device)
 rng = np.random.default_rng(a.seed)
 rows = list(csv.DictReader(open(Path(a.data) / "manifest.csv")))
 mix_rng = np.random.default_rng(a.seed + 10_000)
@@ -239,6 +241,8 @@ if a.aux > 0:
     T = torch.from_numpy(targets).float()
     aux_head = torch.nn.Linear(net.head.in_features, T.shape[1])
     net.head.register_forward_pre_hook(lambda module, args: pooled.__setitem__("features", args[0]))
+    aux_head, T = aux_head.to(dev), T.to(dev)
+net = net.to(dev)
 Q = None
 if a.teacher > 0:
     cohort = readers_by_id()
@@ -254,8 +258,13 @@ if a.teacher > 0:
             own = tr[folds[tr] == f]
             q[own] = fit_ratings_ceiling(feats[fit_rows], labels[fit_rows]).predict_proba(feats[own])[:, 1]
     q = np.clip(q, 0.0, 1.0)
-    Q = torch.from_numpy(a.teacher * q + (1.0 - a.teacher) * labels).float()
-    print("teacher", a.teacher_kind, "mean |t - label| on training", float(np.abs(Q.numpy()[tr] - labels[tr]).mean()))
+    Q = torch.from_numpy(a.teacher * q + (1.0 - a.teacher) * labels).float().to(dev)
+    print(
+        "teacher",
+        a.teacher_kind,
+        "mean |t - label| on training",
+        float(np.abs(Q.cpu().numpy()[tr] - labels[tr]).mean()),
+    )
 steps_per_epoch = math.ceil(len(tr) / a.bs)
 total = steps_per_epoch * a.epochs
 kw = {}
@@ -263,7 +272,7 @@ if a.loss == "asoftmax" and a.lam_frac > 0:
     kw = dict(gamma=(1500 / a.lam_min - 1) / (a.lam_frac * total), lambda_min=a.lam_min)
 if a.focal > 0:
     kw["reduction"] = "none"
-loss_fn = build_loss(a.loss, **kw)
+loss_fn = build_loss(a.loss, **kw).to(dev)
 sample_weights = None
 if a.texture_balance:
     cohort = readers_by_id()
@@ -349,12 +358,12 @@ def evaluate(model=None, prefix="val", flips=((),), index=None):
     probs = []
     with torch.no_grad():
         for s in range(0, len(index), 64):
-            xb = X[index[s : s + 64]]
+            xb = X[index[s : s + 64]].to(dev)
             pb = 0
             for f in flips:
                 xf = (xb.flip(f) if f else xb).contiguous(memory_format=torch.channels_last_3d)
                 pb = pb + torch.softmax(model(xf).float(), 1)[:, 1]
-            probs.append(pb / len(flips))
+            probs.append((pb / len(flips)).cpu())
     model.train()
     pr = torch.cat(probs).numpy()
     if prefix == "val":
@@ -398,15 +407,15 @@ for ep in range(a.epochs):
         idx = order[s : s + a.bs]
         if len(idx) < 2:
             continue
-        xb = augment(X[idx])
-        yb = Y[idx]
+        xb = augment(X[idx]).to(dev)
+        yb = Y[idx].to(dev)
         if a.mixup > 0:
             w = float(mix_rng.beta(a.mixup, a.mixup))
-            perm = torch.from_numpy(mix_rng.permutation(len(idx)))
+            perm = torch.from_numpy(mix_rng.permutation(len(idx))).to(dev)
             xb = (w * xb + (1.0 - w) * xb[perm]).contiguous(memory_format=torch.channels_last_3d)
             mixed_t = w * yb.float() + (1.0 - w) * yb.float()[perm]
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = net(xb)
         soft_targets = mixed_t if a.mixup > 0 else (Q[idx] if Q is not None else None)
         if soft_targets is not None:
@@ -453,7 +462,9 @@ for ep in range(a.epochs):
         m.update(snap_acc=float(((pr > 0.5) == labels[va]).mean()), snap_auc=float(roc_auc_score(labels[va], pr)))
     if swa is not None and ep + 1 >= a.swa_from:
         swa.update_parameters(net)
-        plain = [(X[tr[s : s + 64]].contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)]
+        plain = [
+            (X[tr[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)
+        ]
         update_bn(plain, swa)
         m.update(evaluate(swa.module, prefix="swa"))
     m.update(
@@ -473,7 +484,9 @@ if a.bn_recal:
     from torch.optim.swa_utils import update_bn
 
     recal_net = copy.deepcopy(net)
-    plain = [(X[tr[s : s + 64]].contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)]
+    plain = [
+        (X[tr[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)
+    ]
     update_bn(plain, recal_net)
     recalibrated = evaluate(recal_net, prefix="bn_recal")
     print(json.dumps(recalibrated), flush=True)
@@ -490,11 +503,13 @@ def angle_scores(model) -> tuple[np.ndarray, np.ndarray]:
     try:
         with torch.no_grad():
             for s in range(0, len(va), 64):
-                logits.append(model(X[va[s : s + 64]].contiguous(memory_format=torch.channels_last_3d)).float())
+                logits.append(
+                    model(X[va[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d)).float().cpu()
+                )
     finally:
         hook.remove()
         model.train()
-    norms = torch.linalg.vector_norm(torch.cat(features), dim=1)
+    norms = torch.linalg.vector_norm(torch.cat(features).cpu(), dim=1)
     cosines = torch.cat(logits) / norms.clamp_min(1e-12)[:, None]
     return (cosines[:, 1] - cosines[:, 0]).numpy(), norms.numpy()
 
