@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 from naslung.pipeline.atomic_io import write_csv
 from naslung.pipeline.data.datalists import read_manifest
 from naslung.pipeline.errors import ConfigError
 from naslung.pipeline.training.lr_schedule import build_lr_scheduler
-from naslung.pipeline.training.step import load_train_config, train_fold
+from naslung.pipeline.training.step import attach_progress_bar, load_train_config, train_fold
 
 TINY = {"arch": "[4,4,[4],[4],[4]]", "batch_size": 8, "val_fraction": 0.3, "seed": 3}
 
@@ -238,3 +239,25 @@ def test_lambda_min_reaches_the_loss():
 def test_recipe_values_may_be_expressions():
     merged = load_train_config(overrides={"rotate90_prob": "$0.25", "lambda_floor_fraction": None})
     assert merged["rotate90_prob"] == "$0.25"
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_attach_progress_bar_advances_per_epoch_on_a_log(terminal):
+    """On a terminal the bar redraws every iteration; on a log once or twice an epoch (Ignite redraws on every event
+    it handles, whatever tqdm's interval)."""
+    stream = _Terminal() if terminal else io.StringIO()
+    engine = Engine(lambda e, b: {"loss": 0.5})
+    attach_progress_bar(engine, "train fold_0", lambda out: {"loss": out["loss"]}, stream=stream)
+    engine.run(range(50), max_epochs=3)
+    redraws = stream.getvalue().count("%|")
+    if terminal:
+        assert redraws >= 3 * 50
+    else:
+        assert 3 <= redraws <= 3 * 3, stream.getvalue()
