@@ -57,7 +57,7 @@ mkdir -p "$OUT"
     ) 2>&1
     date -u
     wait
-    [ "$RUN_SECONDS" -gt 0 ] && cat "$OUT/standard_log.txt" | grep -v "it/s\]$" | tail -40
+    [ "$RUN_SECONDS" -gt 0 ] && grep -v "it/s\]$" "$OUT/standard_log.txt" | tail -40
     tar -czf "$OUT/recipe_gpu.tar.gz" -C "$REPO/benchmarks/results/recipe" $(cd "$REPO/benchmarks/results/recipe" \
         && ls g19_*.json 2>/dev/null) -C /tmp/gpu_recipe $(cd /tmp/gpu_recipe && ls *.log)
     # the run folder without its data (cubes and whole scans), except the manifest
