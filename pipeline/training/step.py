@@ -199,7 +199,8 @@ def attach_progress_bar(
 
     On a terminal it advances every iteration. On a file or pipe (``stream``, default stderr: a log under ``nohup``,
     CI or a batch job) it advances once an epoch, since Ignite redraws its bar on every event it handles whatever
-    tqdm's interval: one fold of the standard profile's retraining wrote about 8,700 redraws (370 kB) to a log.
+    tqdm's interval: a run of the standard profile on one held-out fold wrote about 8,700 lines of redraws (370 kB)
+    to its log.
     ``output_transform`` maps the engine's output to the values shown beside the bar (e.g. ``{"loss": 0.41}``); the bar
     is drawn on ``stream`` when given.
     """
