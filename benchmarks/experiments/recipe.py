@@ -351,6 +351,13 @@ if a.swa_from > 0:
 snapshots: list[np.ndarray] = []
 
 
+def plain_training_batches() -> list[tuple[torch.Tensor]]:
+    """The training cubes un-augmented, in batches of 64 on the device, as ``update_bn`` takes them."""
+    return [
+        (X[tr[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)
+    ]
+
+
 def evaluate(model=None, prefix="val", flips=((),), index=None):
     model = model or net
     index = va if index is None else index
@@ -462,10 +469,7 @@ for ep in range(a.epochs):
         m.update(snap_acc=float(((pr > 0.5) == labels[va]).mean()), snap_auc=float(roc_auc_score(labels[va], pr)))
     if swa is not None and ep + 1 >= a.swa_from:
         swa.update_parameters(net)
-        plain = [
-            (X[tr[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)
-        ]
-        update_bn(plain, swa)
+        update_bn(plain_training_batches(), swa)
         m.update(evaluate(swa.module, prefix="swa"))
     m.update(
         epoch=ep + 1,
@@ -484,10 +488,7 @@ if a.bn_recal:
     from torch.optim.swa_utils import update_bn
 
     recal_net = copy.deepcopy(net)
-    plain = [
-        (X[tr[s : s + 64]].to(dev).contiguous(memory_format=torch.channels_last_3d),) for s in range(0, len(tr), 64)
-    ]
-    update_bn(plain, recal_net)
+    update_bn(plain_training_batches(), recal_net)
     recalibrated = evaluate(recal_net, prefix="bn_recal")
     print(json.dumps(recalibrated), flush=True)
 

@@ -8,13 +8,13 @@
 #   OUT=/some/folder bash benchmarks/gpu/run.sh
 #
 # 1. the metric tests, whose CUDA case runs only on a GPU.
-# 2. Unless RUN_SECONDS is 0, `naslung run --profile standard` on held-out fold 0 (benchmarks/gpu/standard_fold0.json), with an empty cache
-#    folder, timed by bash's time; its output goes to $OUT/standard_log.txt and the run folder without its data but
-#    the manifest to $OUT/standard_fold0.tar.gz.
-# 3. At the same time, at lower CPU priority (nice), the recipe runs of benchmarks/gpu/recipe_queue.txt
-#    (RECIPE_QUEUE; benchmarks/experiments/recipe.py --device cuda on validation folds, RECIPE_PARALLEL at a time, on data prepared
-#    here) -> $OUT/recipe_gpu.tar.gz (their result JSONs and logs). Their question and rules:
-#    benchmarks/results/recipe/s19_decision_rules.txt.
+# 2. Unless RUN_SECONDS is 0, `naslung run --profile standard` on held-out fold 0
+#    (benchmarks/gpu/standard_fold0.json), with an empty cache folder, timed by bash's time; its output goes to
+#    $OUT/standard_log.txt and the run folder without its data but the manifest to $OUT/standard_fold0.tar.gz.
+# 3. At the same time, at lower CPU priority (nice), the recipe runs listed in RECIPE_QUEUE (default
+#    benchmarks/gpu/recipe_queue.txt): benchmarks/experiments/recipe.py --device cuda on validation folds,
+#    RECIPE_PARALLEL at a time, on data prepared here -> $OUT/recipe_gpu.tar.gz (their result JSONs and logs). Their
+#    question and rules: benchmarks/results/recipe/s19_decision_rules.txt.
 # 4. benchmarks/gpu_train_step.py -> $OUT/gpu_train_step.json, if BENCH_SECONDS > 0.
 # Everything else printed goes to $OUT/log.txt.
 set -u
