@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cues import calcification_weight, calcified, ground_glass  # this folder's script, on sys.path
+from descriptors import CubeDescriptors  # this folder's script
 from sklearn.metrics import roc_auc_score
 
 from naslung.networks import build_loss, build_network
@@ -97,6 +98,9 @@ p.add_argument("--coord", type=int, default=0)  # 1: one more input channel, eac
 p.add_argument("--shells", type=int, default=0)  # >0: also pool stage 2's output (B, C2, 32^3) over this many
 # concentric shells around the cube's centre (2 voxels thick, the last one everything beyond), each channel's mean per
 # shell, and give the head those C2 x shells features beside the global average of stage 5 (a learned radial profile)
+p.add_argument("--descriptors", type=int, default=0)  # 1: the head also reads fixed radiomic descriptors of the
+# input cube (descriptors.CubeDescriptors: per 1 mm shell the mean, spread and gradient of the intensity, and the share
+# of voxels above -650/-300/250 HU in balls of 3/6/10 mm), batch-normalised, beside the global average of stage 5
 p.add_argument("--rank", type=float, default=0.0)  # >0: add this weight times a pairwise ranking loss (softplus of
 # the benign-minus-malignant score over every malignant/benign pair of the batch; score = the inference logit
 # difference), a smooth surrogate of 1 - AUC
@@ -199,6 +203,25 @@ if a.shells:
             return self.head(torch.cat([g, prof.flatten(1)], 1))
 
     net = WithShells(net, a.shells)
+if a.descriptors:
+
+    class WithDescriptors(torch.nn.Module):
+        """The network with the cube's fixed descriptors (batch-normalised) beside its pooled stage-5 features."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.describe = CubeDescriptors()
+            self.norm = torch.nn.BatchNorm1d(self.describe.n_features)
+            width = inner.feature_channels + self.describe.n_features
+            self.head = classification_head(inner.head_type, width, 2, 4)
+
+        def forward(self, x):
+            n = self.inner
+            g = torch.flatten(n.pool(n.stage5(n.stage4(n.stage3(n.stage2(n.stage1(x)))))), 1)
+            return self.head(torch.cat([g, self.norm(self.describe(x))], 1))
+
+    net = WithDescriptors(net)
 if a.pool == "avgmax":
 
     class WithMaxPool(torch.nn.Module):
