@@ -4,7 +4,8 @@ Run: ``python benchmarks/experiments/descriptor_probe.py --data DIR`` on a prepa
 embedded --out DIR --scans 0``). For each validation set of the recipe experiments (folds 8-9, 6-7 and 5) a logistic
 regression on :class:`descriptors.CubeDescriptors` of the un-augmented cubes (standardised, C = 1, as
 ``benchmarks/signal_probe.py`` fits its cube features) is fitted on all the other folds and scored on the validation
-folds, beside the diameter rule fitted the same way. Written to ``benchmarks/results/recipe/descriptor_probe.json``.
+folds, beside the diameter rule fitted the same way (the pipeline's ``fit_diameter_threshold``). Written to
+``benchmarks/results/recipe/descriptor_probe.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from naslung.pipeline.atomic_io import write_json
+from naslung.pipeline.ensemble.reference_models import fit_diameter_threshold
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "recipe" / "descriptor_probe.json"
 VALIDATION_SETS = ((8, 9), (6, 7), (5,))
@@ -43,8 +45,7 @@ def main() -> None:
         val = np.isin(folds, held)
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(x[~val], y[~val])
         p = model.predict_proba(x[val])[:, 1]
-        candidates = np.unique(diameter[~val])
-        t = candidates[int(np.argmax([np.mean((diameter[~val] > c) == y[~val]) for c in candidates]))]
+        t, _ = fit_diameter_threshold(diameter[~val], y[~val])
         results[",".join(map(str, held))] = {
             "n_val": int(val.sum()),
             "descriptor_lr_auc": float(roc_auc_score(y[val], p)),
