@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cues import calcification_weight, calcified, ground_glass  # this folder's script, on sys.path
-from descriptors import CubeDescriptors  # this folder's script
 from sklearn.metrics import roc_auc_score
+from variants import WithDescriptors, WithMaxPool, WithRadius, WithShells  # this folder's script
 
 from naslung.networks import build_loss, build_network
 from naslung.networks.blocks import use_narrow_channel_kernels
 from naslung.networks.blocks.residual import ResidualBlock
-from naslung.networks.heads import AngularLinear, classification_head
+from naslung.networks.heads import AngularLinear
 from naslung.pipeline.cpu_allocator import retain_freed_memory
 from naslung.pipeline.data.cohort_table import CHARACTERISTICS, read_cohort_csv
 from naslung.pipeline.ensemble.reference_models import CEILING_RATINGS, fit_ratings_ceiling, mean_ratings
@@ -176,82 +176,13 @@ if a.zero_res:
         torch.nn.init.zeros_(norms[-1].weight)
 
 
-def centre_distance() -> torch.Tensor:
-    """(32, 32, 32) distance of each voxel from the cube's centre (15.5, 15.5, 15.5), in voxels (mm)."""
-    axis = torch.arange(32, dtype=torch.float32) - 15.5
-    return (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-
-
 if a.shells:
-
-    class WithShells(torch.nn.Module):
-        """The network with stage 2's shell means beside its pooled stage-5 features, into a wider head."""
-
-        def __init__(self, inner, k):
-            super().__init__()
-            self.inner = inner
-            shell = (centre_distance() / 2).floor().clamp(max=k - 1).long().flatten()
-            masks = F.one_hot(shell, k).float()
-            self.register_buffer("masks", masks / masks.sum(0, keepdim=True))  # (32^3, k), columns sum to 1
-            self.head = classification_head(inner.head_type, inner.feature_channels + inner.arch.stage2 * k, 2, 4)
-
-        def forward(self, x):
-            n = self.inner
-            s2 = n.stage2(n.stage1(x))
-            g = torch.flatten(n.pool(n.stage5(n.stage4(n.stage3(s2)))), 1)
-            prof = torch.einsum("bcn,nk->bck", s2.float().reshape(s2.shape[0], s2.shape[1], -1), self.masks)
-            return self.head(torch.cat([g, prof.flatten(1)], 1))
-
     net = WithShells(net, a.shells)
 if a.descriptors:
-
-    class WithDescriptors(torch.nn.Module):
-        """The network with the cube's fixed descriptors (batch-normalised) beside its pooled stage-5 features."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.describe = CubeDescriptors()
-            self.norm = torch.nn.BatchNorm1d(self.describe.n_features)
-            width = inner.feature_channels + self.describe.n_features
-            self.head = classification_head(inner.head_type, width, 2, 4)
-
-        def forward(self, x):
-            n = self.inner
-            g = torch.flatten(n.pool(n.stage5(n.stage4(n.stage3(n.stage2(n.stage1(x)))))), 1)
-            return self.head(torch.cat([g, self.norm(self.describe(x))], 1))
-
     net = WithDescriptors(net)
 if a.pool == "avgmax":
-
-    class WithMaxPool(torch.nn.Module):
-        """The network with stage 5's global maximum beside its global average, into a head twice as wide."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.head = classification_head(inner.head_type, 2 * inner.feature_channels, 2, 4)
-
-        def forward(self, x):
-            n = self.inner
-            s5 = n.stage5(n.stage4(n.stage3(n.stage2(n.stage1(x)))))
-            return self.head(torch.cat([s5.mean((2, 3, 4)), s5.amax((2, 3, 4))], 1))
-
     net = WithMaxPool(net)
 if a.coord:
-
-    class WithRadius(torch.nn.Module):
-        """The network with the centre-distance map concatenated to its input (after augmentation)."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.head = inner, inner.head
-            self.register_buffer("radius", (centre_distance() / 16.0)[None, None])  # in half-widths
-
-        def forward(self, x):
-            xr = torch.cat([x, self.radius.expand(x.shape[0], 1, 32, 32, 32)], 1)
-            return self.inner(xr.contiguous(memory_format=torch.channels_last_3d))
-
     net = WithRadius(net)
 RATINGS = tuple(c for c in CHARACTERISTICS if c != "malignancy")  # the renderer's inputs, not the label's
 aux_head, pooled = None, {}
