@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CubeDescriptors"]
+__all__ = ["CubeDescriptors", "centre_distance"]
 
 HU_LOW, HU_HIGH = -1200.0, 600.0  # the cubes' window: unit 0 -> -1200 HU, 1 -> 600 HU
 THRESHOLDS_HU = (-650.0, -300.0, 250.0)  # above lung (blob), solid tissue, calcium
 BALL_RADII_MM = (3.0, 6.0, 10.0)
+
+
+def centre_distance(size: int = 32) -> torch.Tensor:
+    """(size, size, size) distance of each voxel from the cube's centre, (size - 1) / 2 on each axis, in mm."""
+    axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
+    return (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
 
 
 class CubeDescriptors(torch.nn.Module):
@@ -34,8 +40,7 @@ class CubeDescriptors(torch.nn.Module):
 
     def __init__(self, size: int = 32, shells: int = 16) -> None:
         super().__init__()
-        axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
-        r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt().flatten()
+        r = centre_distance(size).flatten()
         shell = torch.nn.functional.one_hot(r.floor().clamp(max=shells - 1).long(), shells).float()
         self.register_buffer("shell_mean", shell / shell.sum(0, keepdim=True))  # (size^3, shells)
         balls = torch.stack([(r < radius).float() for radius in BALL_RADII_MM], 1)

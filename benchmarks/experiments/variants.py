@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from descriptors import CubeDescriptors  # this folder's script, on sys.path
+from descriptors import CubeDescriptors, centre_distance  # this folder's script, on sys.path
 
 from naslung.networks.heads import classification_head
 
 __all__ = ["centre_distance", "WithShells", "WithDescriptors", "WithMaxPool", "WithRadius"]
-
-
-def centre_distance() -> torch.Tensor:
-    """(32, 32, 32) distance of each voxel from the cube's centre (15.5, 15.5, 15.5), in voxels (mm)."""
-    axis = torch.arange(32, dtype=torch.float32) - 15.5
-    return (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-
-
-def _pooled(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Stage 5's global average of ``x``: (B, C5)."""
-    n = network
-    return torch.flatten(n.pool(n.stage5(n.stage4(n.stage3(n.stage2(n.stage1(x)))))), 1)
 
 
 class WithShells(torch.nn.Module):
@@ -62,7 +50,7 @@ class WithDescriptors(torch.nn.Module):
         self.head = classification_head(inner.head_type, width, 2, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([_pooled(self.inner, x), self.norm(self.describe(x))], 1))
+        return self.head(torch.cat([self.inner.features(x), self.norm(self.describe(x))], 1))
 
 
 class WithMaxPool(torch.nn.Module):
